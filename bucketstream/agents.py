@@ -1,0 +1,191 @@
+"""Agents and timers: merge deltas into the table, flush our own, expire idle buckets.
+
+``updates`` carries whole lattice states keyed by bucket key (or an expiry
+request), co-partitioned with the table. The ``merge`` agent is the only
+writer of the table: read, join, write, with no ``await`` in between, so a
+partition's updates apply in log order. Kafka's at-least-once delivery,
+replays and reordering change nothing: the join is idempotent, commutative
+and associative.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from bucketstream import crdt
+from bucketstream.app import FETCH_MAX_WAIT_MS, app, settings
+from bucketstream.tables import DEFAULT_RULE, buckets, limiter, mark_peer_feed_ready
+from bucketstream.topics import bootstrap_servers
+
+log = logging.getLogger(__name__)
+
+#: An update value that asks the partition owner to delete a full, idle bucket.
+#: (Encoded states start with a non-zero version byte, so this cannot clash.)
+EXPIRE = b"\x00"
+
+updates = app.topic(
+    f"{settings.app_id}-updates",
+    key_type=bytes,
+    value_type=bytes,
+    key_serializer="raw",
+    value_serializer="raw",
+    partitions=settings.partitions,
+    replicas=settings.topic_replication,
+    internal=True,  # declared by the app: right partition count, no broker auto-creation
+    retention=3600.0,
+    deleting=True,
+)
+
+
+def expire_horizon(rule: crdt.Rule) -> float:
+    """How long a bucket must have been full before it may be deleted (≥ C/r)."""
+    return max(settings.expire_after, rule.capacity / rule.rate)
+
+
+def is_stale(state: crdt.BucketState, now: float) -> bool:
+    """A state that has been full for longer than the expiry horizon.
+
+    It cannot change any answer on its own (it evaluates to a full bucket), but
+    joined with a bucket re-created after an expiry it would count consumption
+    that the expiry already forgave (see the caveat in ``crdt``). So it is
+    dropped, by the agent and by the peer feed alike.
+    """
+    return crdt.is_full(state, DEFAULT_RULE, now - expire_horizon(DEFAULT_RULE))
+
+
+def apply_update(key: bytes, value: bytes | None, now: float) -> str:
+    """Apply one message from the update topic to the table; returns what it did."""
+    if not value:
+        return "ignored"
+    current_raw = buckets.get(key)
+    if value == EXPIRE:
+        if current_raw is None:
+            return "absent"
+        current = crdt.decode(current_raw)
+        if not crdt.is_full(current, DEFAULT_RULE, now - expire_horizon(DEFAULT_RULE)):
+            return "kept"  # touched since the sweep looked: not idle after all
+        del buckets[key]
+        limiter.on_replica_changed(key, None, now)
+        return "expired"
+    delta = crdt.decode(value)
+    if is_stale(delta, now):
+        return "stale"
+    current = crdt.decode(current_raw) if current_raw is not None else crdt.BucketState()
+    merged = crdt.join(current, delta)
+    if merged == current:
+        return "unchanged"  # a replay or a state we already had: no changelog write
+    raw = crdt.encode(merged)
+    buckets[key] = raw
+    limiter.on_replica_changed(key, raw, now)
+    return "merged"
+
+
+@app.agent(updates)
+async def merge(stream):
+    """Join every update into the table (the table's only writer)."""
+    async for event in stream.events():
+        now = time.time()
+        limiter.update_lags.append(now - event.message.timestamp)
+        try:
+            apply_update(event.key, event.value, now)
+        except crdt.CodecError as exc:
+            log.error("skipping malformed update for key %r at %s: %s", event.key, event.message.tp, exc)
+
+
+#: How far back a starting worker reads the update topic: deltas that the
+#: table may not have merged yet (an owner that died, a rebalance).
+PEER_LOOKBACK = 120.0
+
+
+@app.task
+async def peer_feed() -> None:
+    """Read every partition of the update topic and join each state into the local view.
+
+    Not a group consumer: every worker reads everything, so what one worker
+    admits reaches the others in one Kafka hop, and keeps reaching them while
+    the partition's owner is dead or a rebalance is moving it. The table
+    (through the agent and the changelog) stays the durable, merged record.
+    """
+    topic = f"{settings.app_id}-updates"
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers(settings),
+        group_id=None,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+        client_id=f"{settings.node_id}-peer-feed",
+        key_deserializer=None,
+        value_deserializer=None,
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(settings.partitions)]
+        consumer.assign(tps)
+        since = int((time.time() - PEER_LOOKBACK) * 1000)
+        starts = await consumer.offsets_for_times({tp: since for tp in tps})
+        ends = await consumer.end_offsets(tps)
+        for tp in tps:
+            start = starts.get(tp)
+            consumer.seek(tp, start.offset if start is not None else ends[tp])
+        behind = {tp: end for tp, end in ends.items() if end > 0}
+        if not behind:
+            mark_peer_feed_ready()
+        while True:
+            batch = await consumer.getmany(timeout_ms=1000)
+            now = time.time()
+            for records in batch.values():
+                for record in records:
+                    if not record.value or record.value == EXPIRE:
+                        continue
+                    try:
+                        state = crdt.decode(record.value)
+                    except crdt.CodecError:
+                        continue  # the agent logs it
+                    if not is_stale(state, now):
+                        limiter.on_peer_state(record.key, state, now)
+            if behind:
+                for tp in list(behind):
+                    if await consumer.position(tp) >= behind[tp]:
+                        del behind[tp]
+                if not behind:
+                    mark_peer_feed_ready()
+    finally:
+        await consumer.stop()
+
+
+@app.timer(settings.flush_interval)
+async def flush_deltas() -> None:
+    """Publish this worker's whole state once per touched key per interval."""
+    for key, data in limiter.take_dirty():
+        # into the producer's buffer, no waiting; if it never arrives (broker
+        # away), resend_unconfirmed sends the then-current state again
+        updates.send_soon(key=key, value=data)
+
+
+@app.timer(1.0)
+async def resend_unconfirmed() -> None:
+    """Send again what the table has not shown after a while (broker was away)."""
+    limiter.resend_stale(time.time())
+
+
+@app.timer(settings.expire_check_interval)
+async def expire_idle() -> None:
+    """Ask the owner to delete buckets of our active partitions that are full and idle."""
+    now = time.time()
+    horizon = now - expire_horizon(DEFAULT_RULE)
+    stale = []
+    for i, (key, raw) in enumerate(buckets.items()):
+        try:
+            if crdt.is_full(crdt.decode(raw), DEFAULT_RULE, horizon):
+                stale.append(key)
+        except crdt.CodecError:
+            stale.append(key)  # garbage: let the agent look again (it logs and skips)
+        if i % 1000 == 999:
+            await asyncio.sleep(0)
+    for key in stale:
+        await updates.send(key=key, value=EXPIRE)
+    if stale:
+        log.info("asked to expire %d idle buckets", len(stale))

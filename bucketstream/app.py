@@ -1,0 +1,98 @@
+"""The Faust app, and nothing else (``faust -A bucketstream.app worker`` finds ``app``).
+
+Settings come from the environment (``bucketstream.settings``); the tables,
+agents and web views register themselves when their modules are imported at
+the bottom of this file.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import faust
+from faust.transport.drivers import aiokafka as faust_kafka
+
+from bucketstream.settings import load
+from bucketstream.topics import ensure_topics
+
+settings = load()
+
+#: This process's CRDT slot: fresh at every start, so a restarted worker never
+#: counts from zero against the counter it had before (DESIGN.md, node identity).
+SLOT = secrets.randbits(63)
+
+
+#: How long the broker may hold a fetch that has no data. Faust hard-codes
+#: 1500 ms; a fetch that is already waiting when a partition is resumed or a
+#: standby starts keeps new records waiting that long, which showed up as
+#: ~1.6 s replication-delay outliers, and a fetch already in flight without a
+#: partition holds that partition back for as long. 20 ms costs an idle worker about 50
+#: small fetch requests a second.
+FETCH_MAX_WAIT_MS = 20
+#: aiokafka holds back the next fetch from a broker for up to 100 ms while any
+#: partition's fetched records are not yet taken by Faust; 5 ms keeps that wait
+#: out of the replication delay.
+PREFETCH_BACKOFF = 0.005
+
+
+class _ConsumerThread(faust_kafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport):
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by the fetcher aiokafka builds at start
+        return consumer
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        fetcher = getattr(self._consumer, "_fetcher", None)
+        if fetcher is not None:
+            fetcher._prefetch_backoff = PREFETCH_BACKOFF
+
+
+class _Consumer(faust_kafka.Consumer):
+    def _new_consumer_thread(self) -> _ConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _Transport(faust_kafka.Transport):
+    Consumer = _Consumer
+
+
+class BucketApp(faust.App):
+    """A Faust app that creates its topics before its consumer subscribes to them,
+    and whose consumer does not park fetches for 1.5 s."""
+
+    async def on_first_start(self) -> None:
+        await super().on_first_start()
+        await ensure_topics(settings)
+
+    def _new_transport(self):
+        return _Transport(self.conf.broker_consumer, self)
+
+
+app = BucketApp(
+    settings.app_id,
+    broker=settings.broker,
+    store="rocksdb://",
+    datadir=str(settings.data_dir),
+    web_bind=settings.web_host,
+    web_host=settings.web_host,
+    web_port=settings.web_port,
+    topic_partitions=settings.partitions,
+    topic_replication_factor=settings.topic_replication,
+    topic_allow_declare=True,
+    # every worker holds every partition: active or standby (the assignor caps it at workers - 1)
+    table_standby_replicas=64,
+    stream_wait_empty=False,  # joins are idempotent: no need to drain on rebalance
+    producer_acks=-1,
+    producer_linger=0.0,
+    broker_commit_interval=1.0,
+    # a worker that dies (kill -9) gives up its partitions after 10 s, not 60 s
+    broker_session_timeout=10.0,
+    broker_heartbeat_interval=1.0,
+    broker_rebalance_timeout=30.0,
+    consumer_auto_offset_reset="earliest",
+    key_serializer="raw",  # bucket keys and encoded states are bytes everywhere
+    value_serializer="raw",
+)
+
+from bucketstream import agents, tables, web  # noqa: E402,F401  (register with the app)

@@ -1,0 +1,196 @@
+"""This worker's side of the CRDT: the decision, its own unflushed states, the replica cache.
+
+The hot path is :meth:`Limiter.decide`: one dict lookup for the replica (a
+RocksDB read on a cache miss), one for this worker's own state, a join and a
+``try_consume``. No I/O besides that read, no await, no Kafka.
+
+Own states: after an admission the worker keeps the whole new state of the key
+(``join(replica, own)`` plus its consumption) until the table replica shows it
+(``own ≤ replica``). A timer flushes each touched key once per interval as a
+whole lattice state, never as a bare counter. What this worker knows of other
+workers arrives two ways, both joined into the decoded cache:
+
+* :meth:`Limiter.on_peer_state`: every worker reads the whole update topic
+  (one Kafka hop from any other worker's flush);
+* :meth:`Limiter.on_replica_changed`: the table's changelog (standby
+  partitions) and the agent's own writes (active ones): the merged state,
+  which is what a restarted worker recovers.
+
+Both drop own states that Kafka now has (``own ≤ view``) and measure the
+replication delay: first admission of a flushed batch → this worker's view
+shows that batch, the same hop that brings it to every other worker.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import NamedTuple
+
+from bucketstream.crdt import BucketState, CodecError, Decision, Rule, decode, encode, join, leq, try_consume
+
+log = logging.getLogger(__name__)
+
+BOTTOM = BucketState()
+
+
+class Flushed(NamedTuple):
+    """A batch of admissions sent for one key: our counter after it, and when the first happened."""
+
+    counter: int
+    first_admit: float
+
+
+def slot_count(state: BucketState, slot: int) -> int:
+    return state.counters.get(slot, 0)
+
+
+class Limiter:
+    """Decides locally for any bucket key; knows nothing of Faust or Kafka."""
+
+    def __init__(
+        self,
+        slot: int,
+        read_table: Callable[[bytes], bytes | None],
+        *,
+        cache_size: int = 200_000,
+        on_delay: Callable[[float], None] | None = None,
+        resend_after: float = 2.0,
+    ) -> None:
+        self.slot = slot
+        self._read_table = read_table
+        self._cache_size = cache_size
+        self._on_delay = on_delay or (lambda seconds: None)
+        self._resend_after = resend_after
+        self._replica: dict[bytes, BucketState] = {}  # decoded cache; BOTTOM = known absent
+        self._own: dict[bytes, BucketState] = {}  # states the replica does not reflect yet
+        self._dirty: dict[bytes, float] = {}  # key -> first admission since the last flush
+        self._inflight: dict[bytes, deque[Flushed]] = {}  # flushed, not yet seen in the replica
+        self.delays: deque[float] = deque(maxlen=4096)  # recent replication delays, seconds
+        self.update_lags: deque[float] = deque(maxlen=4096)  # update produced -> merged by the agent here
+        self.changelog_lags: deque[float] = deque(maxlen=4096)  # changelog produced -> applied to a standby here
+
+    # -- the hot path --------------------------------------------------------
+    def replica(self, key: bytes) -> BucketState:
+        """This worker's replica of the table entry (a full bucket if there is none)."""
+        state = self._replica.get(key)
+        if state is None:
+            raw = self._read_table(key)
+            state = BOTTOM if raw is None else self._decode(key, raw)
+            if len(self._replica) >= self._cache_size:
+                del self._replica[next(iter(self._replica))]  # oldest insertion first
+            self._replica[key] = state
+        return state
+
+    def view(self, key: bytes) -> BucketState:
+        """What this worker knows of the key: the replica joined with its own state."""
+        own = self._own.get(key)
+        replica = self.replica(key)
+        return replica if own is None else join(replica, own)
+
+    def decide(self, key: bytes, rule: Rule, now: float, cost: int = 1) -> Decision:
+        decision, new = try_consume(self.view(key), rule, self.slot, now, cost)
+        if decision.allowed:
+            self._own[key] = new
+            if key not in self._dirty:
+                self._dirty[key] = now
+        return decision
+
+    # -- flushing --------------------------------------------------------------
+    def take_dirty(self) -> list[tuple[bytes, bytes]]:
+        """The (key, encoded whole state) pairs to publish now: one per touched key."""
+        out = []
+        for key, first in self._dirty.items():
+            own = self._own.get(key)
+            if own is None:
+                continue
+            out.append((key, encode(own)))
+            self._inflight.setdefault(key, deque()).append(Flushed(slot_count(own, self.slot), first))
+        self._dirty.clear()
+        return out
+
+    def resend_stale(self, now: float) -> int:
+        """Mark keys dirty again whose flushed state has not shown up in the replica in time.
+
+        A send can fail while the broker is away; the join is idempotent, so
+        sending the same whole state again is always safe.
+        """
+        n = 0
+        for key, batches in self._inflight.items():
+            if batches and now - batches[-1].first_admit > self._resend_after and key in self._own and key not in self._dirty:
+                self._dirty[key] = batches[-1].first_admit
+                n += 1
+        return n
+
+    # -- replica changes -------------------------------------------------------
+    def on_replica_changed(self, key: bytes, raw: bytes | None, now: float) -> None:
+        """A changelog event (or the agent's own write) changed the table entry of ``key``.
+
+        The cached view keeps what peers' deltas taught it too (everything is a
+        lattice state, so the join of both is always valid); a tombstone resets it.
+        """
+        if raw is None:
+            state = BOTTOM
+            if key in self._replica:
+                self._replica[key] = BOTTOM
+        else:
+            state = self._decode(key, raw)
+            cached = self._replica.get(key)
+            if cached is not None:
+                state = self._replica[key] = join(cached, state)
+        self._observe(key, state, now, deleted=raw is None)
+
+    def on_peer_state(self, key: bytes, delta: BucketState, now: float) -> None:
+        """A whole state some worker (this one included) published to the update topic.
+
+        Joined into the view at once: one Kafka hop, not two, and it does not
+        wait for the partition's owner (which may be dead or rebalancing).
+        """
+        state = join(self.replica(key), delta)
+        self._replica[key] = state
+        self._observe(key, state, now, deleted=False)
+
+    def _observe(self, key: bytes, state: BucketState, now: float, deleted: bool) -> None:
+        """Settle what ``state`` (the current replica view) shows of our own admissions."""
+        batches = self._inflight.get(key)
+        if batches:
+            seen = slot_count(state, self.slot)
+            while batches and batches[0].counter <= seen:
+                self._on_delay_sample(now - batches.popleft().first_admit)
+            if not batches:
+                del self._inflight[key]
+        own = self._own.get(key)
+        if own is not None and key not in self._dirty and key not in self._inflight:
+            if deleted or leq(own, state):
+                # Kafka has everything we admitted (our own delta came back on
+                # the update topic, or the table shows it), or the owner deleted
+                # a bucket that was full and idle far longer than any flush
+                del self._own[key]
+
+    def _on_delay_sample(self, seconds: float) -> None:
+        self.delays.append(seconds)
+        self._on_delay(seconds)
+
+    def forget_cache(self) -> None:
+        """Drop the decoded cache (after a rebalance the store may hold other partitions)."""
+        self._replica.clear()
+
+    # -- introspection -----------------------------------------------------------
+    def own_state(self, key: bytes) -> BucketState | None:
+        return self._own.get(key)
+
+    @property
+    def own_keys(self) -> int:
+        return len(self._own)
+
+    @property
+    def cached_keys(self) -> int:
+        return len(self._replica)
+
+    def _decode(self, key: bytes, raw: bytes) -> BucketState:
+        try:
+            return decode(raw)
+        except CodecError as exc:
+            log.error("table value for key %r is not a bucket state (%s); treating it as absent", key, exc)
+            return BOTTOM

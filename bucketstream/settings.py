@@ -1,0 +1,80 @@
+"""Worker configuration: one validated object, read from the environment.
+
+Every setting is an environment variable ``BUCKETSTREAM_<NAME>``; the
+``bucketstream worker`` options only set those variables, so there is one
+source of truth and one validator. A bad value fails at start-up with a
+message that names the variable and the problem (see :func:`load`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import socket
+from pathlib import Path
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "BUCKETSTREAM_"
+_BROKER_RE = re.compile(r"^kafka://[^\s:/;,]+(:\d{1,5})?(;[^\s:/;,]+(:\d{1,5})?)*$")
+
+
+class ConfigError(Exception):
+    """Configuration that cannot run; the message names every bad variable."""
+
+
+class Settings(BaseSettings):
+    """What one worker needs to know. Field docs are the README's config table."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    broker: str = Field("kafka://127.0.0.1:9092", description="Kafka bootstrap servers, kafka://host:port[;host:port...]")
+    web_host: str = Field("127.0.0.1", description="address the HTTP server binds")
+    web_port: int = Field(6066, ge=1, le=65535, description="HTTP port of this worker")
+    data_dir: Path | None = Field(None, description="RocksDB state directory, one per worker (default .run/worker-<web_port>)")
+    node_id: str = Field("", description="this worker's name in logs and metrics (default <hostname>-<web_port>)")
+    capacity: float = Field(10.0, description="default rule: bucket capacity in tokens (> 0)")
+    rate: float = Field(1.0, description="default rule: refill in tokens per second (> 0; 0.1 = one token every 10 s)")
+    app_id: str = Field("bucketstream", pattern=r"^[A-Za-z0-9._-]{1,100}$", description="Faust app id: consumer group and topic prefix")
+    partitions: int = Field(8, ge=1, le=1024, description="partitions of the update topic and the table changelog")
+    topic_replication: int = Field(1, ge=1, le=16, description="replication factor of the app's topics")
+    flush_interval: float = Field(0.01, gt=0, le=5, description="seconds between flushes of this worker's deltas")
+    expire_after: float = Field(600.0, gt=0, description="seconds a bucket must have been full and idle before it is deleted (at least capacity/rate)")
+    expire_check_interval: float = Field(10.0, gt=0, description="seconds between expiry sweeps")
+    log_level: str = Field("info", pattern=r"^(?i:debug|info|warning|error|critical)$", description="log level")
+
+    @field_validator("broker")
+    @classmethod
+    def _broker_url(cls, value: str) -> str:
+        if not _BROKER_RE.match(value):
+            raise ValueError(f"must look like kafka://127.0.0.1:9092 (several: kafka://h1:9092;h2:9092), got {value!r}")
+        return value
+
+    @field_validator("capacity", "rate", "flush_interval", "expire_after", "expire_check_interval")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"must be a finite number above 0, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _defaults(self) -> "Settings":
+        if not self.node_id:
+            object.__setattr__(self, "node_id", f"{socket.gethostname()}-{self.web_port}")
+        if self.data_dir is None:
+            object.__setattr__(self, "data_dir", Path(".run") / f"worker-{self.web_port}")
+        return self
+
+
+def load() -> Settings:
+    """Read and validate the environment; raise ConfigError naming each problem."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = ENV_PREFIX + "_".join(str(p) for p in err["loc"]).upper() if err["loc"] else "configuration"
+            got = err.get("input")
+            problems.append(f"{name}: {err['msg']}" + (f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""))
+        raise ConfigError("bad configuration: " + "; ".join(problems)) from None

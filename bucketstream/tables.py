@@ -1,0 +1,83 @@
+"""The bucket table and this worker's view of it.
+
+``buckets``: key = bucket key (bytes), value = an encoded ``BucketState``.
+Partitioned by key like the update topic (same partition count, raw key
+bytes, Kafka's default partitioner), changelog on a compacted topic, RocksDB
+store through rocksdict. Only the merge agent writes it (``agents.py``).
+
+Every worker holds every partition, active or standby
+(``table_standby_replicas`` in ``app.py``), and applies standby changelog
+events one at a time (``standby_buffer_size=1``), so a point read from a web
+view finds any key locally. Every change of the replica, from the changelog or
+from the agent's own write, goes to ``limiter.on_replica_changed``.
+"""
+
+from __future__ import annotations
+
+import time
+
+from faust.types import EventT
+
+from bucketstream.app import SLOT, app, settings
+from bucketstream.crdt import Rule
+from bucketstream.local import Limiter
+
+DEFAULT_RULE = Rule(settings.capacity, settings.rate)
+
+
+async def _on_changelog_event(event: EventT) -> None:
+    now = time.time()
+    limiter.changelog_lags.append(now - event.message.timestamp)
+    limiter.on_replica_changed(event.key, event.value, now)
+
+
+buckets = app.Table(
+    "buckets",
+    partitions=settings.partitions,
+    key_type=bytes,
+    value_type=bytes,
+    standby_buffer_size=1,
+    on_changelog_event=_on_changelog_event,
+    help="token buckets: bucket key -> encoded CRDT state",
+)
+
+
+def _read(key: bytes) -> bytes | None:
+    return buckets.get(key)
+
+
+limiter = Limiter(SLOT, _read)
+
+
+_ready = False
+_peer_feed_ready = False
+
+
+def mark_peer_feed_ready() -> None:
+    """The update-topic reader has caught up with what was there when it started."""
+    global _peer_feed_ready
+    _peer_feed_ready = True
+
+
+def tables_ready() -> bool:
+    """True once this worker's replicas (active and standby) have been recovered
+    and it has read the recent update topic (deltas the table may not have yet).
+
+    Latched: a later rebalance does not take a worker out of service; its
+    RocksDB replicas stay on disk and keep answering while partitions move.
+    """
+    global _ready
+    if not _ready and _peer_feed_ready and app.tables.actives_ready and (
+        app.tables.standbys_ready or _standbys_caught_up()
+    ):
+        _ready = True
+    return _ready
+
+
+def _standbys_caught_up() -> bool:
+    # Faust flips ``standbys_ready`` only after reading a standby event, so it
+    # stays False forever when the standby partitions are empty or already
+    # current; compare offsets with the highwaters it recorded instead.
+    recovery = app.tables.recovery
+    offsets = recovery.standby_offsets
+    return all(offsets.get(tp, -1) >= hw for tp, hw in recovery.standby_highwaters.items())

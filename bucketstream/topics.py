@@ -1,0 +1,73 @@
+"""The app's Kafka topics, created before anything subscribes to them.
+
+The local broker has topic auto-creation off, and an auto-created topic would
+get the wrong partition count or cleanup policy anyway. So the worker creates
+its two topics itself at first start, and refuses to run against existing
+ones that are partitioned differently (the table and the update topic must be
+co-partitioned, or a bucket's updates would reach the wrong owner).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from bucketstream.settings import ConfigError, Settings
+
+log = logging.getLogger(__name__)
+
+UPDATES_RETENTION_MS = 3_600_000  # deltas are transient: the changelog holds the state
+
+
+def updates_topic(settings: Settings) -> str:
+    return f"{settings.app_id}-updates"
+
+
+def changelog_topic(settings: Settings) -> str:
+    return f"{settings.app_id}-buckets-changelog"
+
+
+def wanted(settings: Settings) -> list[NewTopic]:
+    common = {"min.insync.replicas": str(min(2, settings.topic_replication))}
+    return [
+        NewTopic(updates_topic(settings), settings.partitions, settings.topic_replication,
+                 topic_configs={"cleanup.policy": "delete", "retention.ms": str(UPDATES_RETENTION_MS), **common}),
+        NewTopic(changelog_topic(settings), settings.partitions, settings.topic_replication,
+                 topic_configs={"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1",
+                                "delete.retention.ms": "60000", "segment.ms": "600000", **common}),
+    ]
+
+
+def bootstrap_servers(settings: Settings) -> list[str]:
+    return settings.broker.removeprefix("kafka://").split(";")
+
+
+async def ensure_topics(settings: Settings) -> None:
+    """Create the app's topics if missing; fail clearly if they exist partitioned otherwise."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(settings), request_timeout_ms=30000)
+    try:
+        await admin.start()
+    except KafkaError as exc:
+        raise ConfigError(f"cannot reach Kafka at {settings.broker} (BUCKETSTREAM_BROKER): {exc}") from None
+    try:
+        topics = wanted(settings)
+        existing = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics([t.name for t in topics])
+                    if t.get("error_code", 0) == 0}
+        missing = [t for t in topics if t.name not in existing]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass  # another worker won the race
+            log.info("created topics %s", ", ".join(t.name for t in missing))
+        for t in topics:
+            have = existing.get(t.name)
+            if have is not None and have != t.num_partitions:
+                raise ConfigError(
+                    f"topic {t.name} has {have} partitions but BUCKETSTREAM_PARTITIONS is {t.num_partitions}: "
+                    "the table and the update topic must be co-partitioned (use another BUCKETSTREAM_APP_ID "
+                    "or the partition count the topics were created with)")
+    finally:
+        await admin.close()

@@ -1,0 +1,113 @@
+"""One real worker on the real broker: the request path end to end, restart, start-up errors."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from bucketstream import crdt
+from tests.cluster import wait_until
+
+pytestmark = pytest.mark.broker
+
+
+def read_changelog(broker, topic: str, timeout: float = 10.0) -> dict[bytes, bytes | None]:
+    """Every key's latest value in a topic, read straight from Kafka."""
+
+    async def run():
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest",
+                                    enable_auto_commit=False, group_id=None)
+        await consumer.start()
+        latest: dict[bytes, bytes | None] = {}
+        try:
+            end = await consumer.end_offsets(list(consumer.assignment()) or await _wait_assignment(consumer))
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            while loop.time() < deadline:
+                batch = await consumer.getmany(timeout_ms=200)
+                for records in batch.values():
+                    for r in records:
+                        latest[r.key] = r.value
+                positions = [await consumer.position(tp) for tp in end]
+                if all(pos >= off for pos, off in zip(positions, end.values())):
+                    break
+        finally:
+            await consumer.stop()
+        return latest
+
+    async def _wait_assignment(consumer):
+        for _ in range(100):
+            if consumer.assignment():
+                return list(consumer.assignment())
+            await asyncio.sleep(0.05)
+        raise TimeoutError("no assignment")
+
+    return asyncio.run(run())
+
+
+def test_ten_requests_pass_then_429(pool):
+    """The README's curl loop: capacity 10, so ten 200s, then 429s with Retry-After."""
+    (w,) = pool.start(1, capacity=10, rate=1)
+    codes = [w.protected("alice")[0] for _ in range(12)]
+    assert codes == [200] * 10 + [429] * 2
+    status, headers, body = w.protected("alice")
+    assert status == 429 and int(headers["Retry-After"]) >= 1
+    assert body["allowed"] is False and body["limit"] == 10
+
+
+def test_consumption_reaches_the_table_through_the_update_topic(pool, broker):
+    """A 200 on /protected becomes a delta on the update topic, the agent joins it
+    into the table, and the compacted changelog in Kafka holds the merged state."""
+    (w,) = pool.start(1, capacity=10, rate=0.01)
+    assert [w.protected("bob")[0] for _ in range(4)] == [200] * 4
+
+    updates = read_changelog(broker, f"{pool.app_id}-updates")
+    assert crdt.decode(updates[b"bob"]).consumed == 4
+
+    def table_has_four():
+        value = read_changelog(broker, f"{pool.app_id}-buckets-changelog").get(b"bob")
+        return value is not None and crdt.decode(value).consumed == 4
+
+    wait_until(table_has_four, 20, 0.2, "changelog shows 4 tokens consumed by bob")
+    view = wait_until(lambda: (b := w.bucket("bob"))["replica_consumed"] == 4 and b, 10, 0.05, "replica shows 4")
+    assert view["own_unreflected"] is False
+    assert view["tokens"] == pytest.approx(6, abs=0.1)
+
+
+def test_restarted_worker_recovers_consumption_and_takes_a_fresh_slot(pool):
+    """After a restart the table is recovered from the changelog before serving,
+    and the new process consumes under a new CRDT slot (never from zero)."""
+    (w,) = pool.start(1, capacity=5, rate=0.01)
+    assert [w.protected("carol")[0] for _ in range(5)] == [200] * 5
+    wait_until(lambda: w.bucket("carol")["replica_consumed"] == 5, 20, 0.05, "replica shows 5")
+    slot_before = w.bucket("carol")["slot"]
+    pool.restart(w).wait_ready()
+    assert w.protected("carol")[0] == 429
+    after = w.bucket("carol")
+    assert after["slot"] != slot_before and after["consumed"] == 5
+
+
+def test_bad_configuration_fails_at_start_naming_the_variable(tmp_path):
+    """No broker needed: validation happens before anything connects."""
+    proc = subprocess.run([sys.executable, "-m", "bucketstream.cli", "worker", "--capacity", "-3",
+                           "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "BUCKETSTREAM_CAPACITY" in proc.stderr and "-3" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "bucketstream.cli", "worker", "--broker", "localhost:9092",
+                           "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "BUCKETSTREAM_BROKER" in proc.stderr
+
+
+def test_help_describes_every_worker_option():
+    out = subprocess.run([sys.executable, "-m", "bucketstream.cli", "worker", "--help"],
+                         capture_output=True, text=True, timeout=60).stdout
+    for option in ["--web-port", "--broker", "--data-dir", "--node-id", "--capacity", "--rate",
+                   "BUCKETSTREAM_BROKER", "BUCKETSTREAM_CAPACITY", "BUCKETSTREAM_RATE"]:
+        assert option in out
+    top = subprocess.run([sys.executable, "-m", "bucketstream.cli", "--help"], capture_output=True, text=True,
+                         timeout=60).stdout
+    assert "worker" in top
