@@ -16,9 +16,9 @@ import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from bucketstream import crdt
+from bucketstream import crdt, metrics
 from bucketstream.app import FETCH_MAX_WAIT_MS, app, settings
-from bucketstream.tables import DEFAULT_RULE, buckets, limiter, mark_peer_feed_ready
+from bucketstream.tables import RULES, buckets, limiter, mark_peer_feed_ready
 from bucketstream.topics import bootstrap_servers
 
 log = logging.getLogger(__name__)
@@ -46,15 +46,17 @@ def expire_horizon(rule: crdt.Rule) -> float:
     return max(settings.expire_after, rule.capacity / rule.rate)
 
 
-def is_stale(state: crdt.BucketState, now: float) -> bool:
+def is_stale(key: bytes, state: crdt.BucketState, now: float) -> bool:
     """A state that has been full for longer than the expiry horizon.
 
     It cannot change any answer on its own (it evaluates to a full bucket), but
     joined with a bucket re-created after an expiry it would count consumption
     that the expiry already forgave (see the caveat in ``crdt``). So it is
-    dropped, by the agent and by the peer feed alike.
+    dropped, by the agent and by the peer feed alike. A key of a rule version
+    this worker does not know is never called stale (it cannot be evaluated).
     """
-    return crdt.is_full(state, DEFAULT_RULE, now - expire_horizon(DEFAULT_RULE))
+    policy = RULES.policy_for_key(key)
+    return policy is not None and crdt.is_full(state, policy.rule, now - expire_horizon(policy.rule))
 
 
 def apply_update(key: bytes, value: bytes | None, now: float) -> str:
@@ -65,14 +67,15 @@ def apply_update(key: bytes, value: bytes | None, now: float) -> str:
     if value == EXPIRE:
         if current_raw is None:
             return "absent"
-        current = crdt.decode(current_raw)
-        if not crdt.is_full(current, DEFAULT_RULE, now - expire_horizon(DEFAULT_RULE)):
+        policy = RULES.policy_for_key(key)
+        # a key of a rule version no current rule has is never read again: drop it
+        if policy is not None and not is_stale(key, crdt.decode(current_raw), now):
             return "kept"  # touched since the sweep looked: not idle after all
         del buckets[key]
         limiter.on_replica_changed(key, None, now)
         return "expired"
     delta = crdt.decode(value)
-    if is_stale(delta, now):
+    if is_stale(key, delta, now):
         return "stale"
     current = crdt.decode(current_raw) if current_raw is not None else crdt.BucketState()
     merged = crdt.join(current, delta)
@@ -91,8 +94,9 @@ async def merge(stream):
         now = time.time()
         limiter.update_lags.append(now - event.message.timestamp)
         try:
-            apply_update(event.key, event.value, now)
+            metrics.UPDATES_MERGED.labels(apply_update(event.key, event.value, now)).inc()
         except crdt.CodecError as exc:
+            metrics.UPDATES_MERGED.labels("malformed").inc()
             log.error("skipping malformed update for key %r at %s: %s", event.key, event.message.tp, exc)
 
 
@@ -144,8 +148,9 @@ async def peer_feed() -> None:
                         state = crdt.decode(record.value)
                     except crdt.CodecError:
                         continue  # the agent logs it
-                    if not is_stale(state, now):
+                    if not is_stale(record.key, state, now):
                         limiter.on_peer_state(record.key, state, now)
+                        metrics.PEER_STATES.inc()
             if behind:
                 for tp in list(behind):
                     if await consumer.position(tp) >= behind[tp]:
@@ -159,7 +164,9 @@ async def peer_feed() -> None:
 @app.timer(settings.flush_interval)
 async def flush_deltas() -> None:
     """Publish this worker's whole state once per touched key per interval."""
-    for key, data in limiter.take_dirty():
+    batch = limiter.take_dirty()
+    metrics.DELTAS_FLUSHED.inc(len(batch))
+    for key, data in batch:
         # into the producer's buffer, no waiting; if it never arrives (broker
         # away), resend_unconfirmed sends the then-current state again
         updates.send_soon(key=key, value=data)
@@ -175,14 +182,13 @@ async def resend_unconfirmed() -> None:
 async def expire_idle() -> None:
     """Ask the owner to delete buckets of our active partitions that are full and idle."""
     now = time.time()
-    horizon = now - expire_horizon(DEFAULT_RULE)
     stale = []
     for i, (key, raw) in enumerate(buckets.items()):
         try:
-            if crdt.is_full(crdt.decode(raw), DEFAULT_RULE, horizon):
+            if RULES.policy_for_key(key) is None or is_stale(key, crdt.decode(raw), now):
                 stale.append(key)
         except crdt.CodecError:
-            stale.append(key)  # garbage: let the agent look again (it logs and skips)
+            pass  # garbage: the agent logs it when it meets it
         if i % 1000 == 999:
             await asyncio.sleep(0)
     for key in stale:

@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     node_id: str = Field("", description="this worker's name in logs and metrics (default <hostname>-<web_port>)")
     capacity: float = Field(10.0, description="default rule: bucket capacity in tokens (> 0)")
     rate: float = Field(1.0, description="default rule: refill in tokens per second (> 0; 0.1 = one token every 10 s)")
+    limits: Path | None = Field(None, description="limits file (TOML): default, per-resource and per-user rules; overrides capacity/rate")
     app_id: str = Field("bucketstream", pattern=r"^[A-Za-z0-9._-]{1,100}$", description="Faust app id: consumer group and topic prefix")
     partitions: int = Field(8, ge=1, le=1024, description="partitions of the update topic and the table changelog")
     topic_replication: int = Field(1, ge=1, le=16, description="replication factor of the app's topics")

@@ -18,11 +18,13 @@ import time
 
 from faust.types import EventT
 
+from bucketstream import metrics
 from bucketstream.app import SLOT, app, settings
-from bucketstream.crdt import Rule
 from bucketstream.local import Limiter
+from bucketstream.rules import Rules
 
-DEFAULT_RULE = Rule(settings.capacity, settings.rate)
+#: The rules every decision resolves against (validated at start-up).
+RULES = Rules.from_settings(settings.capacity, settings.rate, settings.limits)
 
 
 async def _on_changelog_event(event: EventT) -> None:
@@ -46,7 +48,9 @@ def _read(key: bytes) -> bytes | None:
     return buckets.get(key)
 
 
-limiter = Limiter(SLOT, _read)
+limiter = Limiter(SLOT, _read, on_delay=metrics.REPLICATION_DELAY.observe)
+metrics.KEYS.labels("own_unreflected").set_function(lambda: limiter.own_keys)
+metrics.KEYS.labels("cached").set_function(lambda: limiter.cached_keys)
 
 
 _ready = False
@@ -71,6 +75,7 @@ def tables_ready() -> bool:
         app.tables.standbys_ready or _standbys_caught_up()
     ):
         _ready = True
+        metrics.READY.set(1)
     return _ready
 
 

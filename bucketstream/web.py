@@ -18,43 +18,15 @@ from aiohttp import web as aioweb
 from aiokafka.partitioner import murmur2
 from faust.web import Request, View
 
-from bucketstream import crdt
+from bucketstream import crdt, metrics
 from bucketstream.app import SLOT, app, settings
-from bucketstream.tables import DEFAULT_RULE, buckets, limiter, tables_ready
+from bucketstream.rules import Policy, Rules, UnknownResource
+from bucketstream.validate import BadRequest, check_key, check_resource, parse_user
+from bucketstream.tables import RULES, buckets, limiter, tables_ready
 
 log = logging.getLogger(__name__)
 
-MAX_KEY_BYTES = 256
-POLICY = "default"
 _JSON = "application/json"
-
-
-class BadRequest(ValueError):
-    """A request this service refuses; the message is shown to the client."""
-
-
-def parse_user(headers) -> str:
-    """The ``X-User-ID`` of a request, or BadRequest naming what is wrong with it."""
-    values = headers.getall("X-User-ID", ())
-    if not values:
-        raise BadRequest("missing X-User-ID header")
-    if len(values) > 1:
-        raise BadRequest("X-User-ID header given more than once")
-    return check_key(values[0], "X-User-ID")
-
-
-def check_key(value: str, what: str) -> str:
-    if not value:
-        raise BadRequest(f"{what} is empty")
-    if len(value.encode("utf-8", "surrogateescape")) > MAX_KEY_BYTES:
-        raise BadRequest(f"{what} is longer than {MAX_KEY_BYTES} bytes")
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
-        raise BadRequest(f"{what} contains control characters")
-    return value
-
-
-def bucket_key(user: str) -> bytes:
-    return user.encode("utf-8", "surrogateescape")
 
 
 def partition_for(key: bytes) -> int:
@@ -70,22 +42,38 @@ def error(status: int, message: str, headers: dict | None = None) -> aioweb.Resp
     return _json({"error": message}, status, headers)
 
 
-def decision_response(decision: crdt.Decision, rule: crdt.Rule, now: float) -> aioweb.Response:
+def _number(x: float) -> float | int:
+    return int(x) if x == int(x) else x
+
+
+def decision_response(decision: crdt.Decision, policy: Policy, shadow_refused: bool = False) -> aioweb.Response:
+    """200 or 429 with the JSON body and the IETF RateLimit headers.
+
+    ``RateLimit-Policy: "<name>";q=<capacity>;w=<seconds to refill from empty>``
+    ``RateLimit: "<name>";r=<whole tokens left>;t=<seconds until full>``
+    (draft-ietf-httpapi-ratelimit-headers); a 429 adds ``Retry-After``: whole
+    seconds, rounded up, after which the same request is admitted.
+    """
+    rule = policy.rule
     remaining = max(0, math.floor(decision.remaining))
-    # seconds until the bucket is full again (RateLimit "t": when the quota is restored)
     reset = max(0, math.ceil((rule.capacity - decision.remaining) / rule.rate))
-    capacity = rule.capacity if rule.capacity != int(rule.capacity) else int(rule.capacity)
-    window = max(1, math.ceil(rule.capacity / rule.rate))
+    limit = _number(rule.capacity)
+    window = math.ceil(rule.capacity / rule.rate)
     headers = {
-        "RateLimit-Policy": f'"{POLICY}";q={capacity};w={window}',
-        "RateLimit": f'"{POLICY}";r={remaining};t={reset}',
+        "RateLimit-Policy": f'"{policy.name}";q={limit};w={window}',
+        "RateLimit": f'"{policy.name}";r={remaining};t={reset}',
     }
-    body = {"allowed": decision.allowed, "remaining": remaining, "limit": capacity, "reset": reset}
+    body = {"allowed": decision.allowed or shadow_refused, "remaining": remaining, "limit": limit, "reset": reset,
+            "policy": policy.name}
     if decision.allowed:
         return _json(body, 200, headers)
-    retry = max(1, math.ceil(decision.retry_after)) if math.isfinite(decision.retry_after) else None
-    if retry is None:
-        return _json({**body, "error": "cost exceeds the bucket capacity"}, 429, headers)
+    if shadow_refused:
+        body["shadow"] = "would refuse"
+        return _json(body, 200, headers)
+    if not math.isfinite(decision.retry_after):
+        body["error"] = "this request costs more than the bucket holds"
+        return _json(body, 429, headers)
+    retry = max(1, math.ceil(decision.retry_after))
     headers["Retry-After"] = str(retry)
     body["retry_after"] = retry
     return _json(body, 429, headers)
@@ -95,45 +83,83 @@ def not_ready() -> aioweb.Response:
     return error(503, "tables are recovering; try again shortly", {"Retry-After": "1"})
 
 
+def protect(request, resource: str | None) -> aioweb.Response:
+    """The hot path: parse, decide locally, answer. No await, no I/O besides the local replica read."""
+    try:
+        user = parse_user(request.headers)
+        resource = check_resource(resource)
+    except BadRequest as exc:
+        metrics.BAD_REQUESTS.labels("bad_request").inc()
+        return error(400, str(exc))
+    try:
+        policy = RULES.policy(user, resource)
+    except UnknownResource:
+        metrics.BAD_REQUESTS.labels("unknown_resource").inc()
+        return error(404, f"no rule for resource {resource!r}")
+    if not tables_ready():
+        return not_ready()
+    started = time.perf_counter()
+    decision = limiter.decide(Rules.key(policy, user, resource), policy.rule, time.time())
+    metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
+    if decision.allowed:
+        metrics.decision(policy.name, "allowed")
+        return decision_response(decision, policy)
+    if policy.shadow:
+        metrics.decision(policy.name, "shadow_refused")
+        return decision_response(decision, policy, shadow_refused=True)
+    metrics.decision(policy.name, "refused")
+    return decision_response(decision, policy)
+
+
 @app.page("/protected")
 class Protected(View):
-    """POST /protected: one token from the caller's bucket, decided locally."""
+    """POST /protected: one token from the caller's default bucket, decided locally."""
 
     async def post(self, request: Request) -> aioweb.Response:
-        try:
-            user = parse_user(request.headers)
-        except BadRequest as exc:
-            return error(400, str(exc))
-        if not tables_ready():
-            return not_ready()
-        now = time.time()
-        decision = limiter.decide(bucket_key(user), DEFAULT_RULE, now)
-        return decision_response(decision, DEFAULT_RULE, now)
+        return protect(request, None)
 
 
-@app.page("/buckets/{key}")
+@app.page("/protected/{resource}")
+class ProtectedResource(View):
+    """POST /protected/{resource}: one token from the caller's bucket for that resource."""
+
+    async def post(self, request: Request, resource: str) -> aioweb.Response:
+        return protect(request, resource)
+
+
+@app.page("/buckets/{user}")
 class BucketView(View):
-    """GET /buckets/{key}: this worker's view of one bucket (for operators and tests)."""
+    """GET /buckets/{user}[?resource=R]: this worker's view of one bucket (operators, tests)."""
 
-    async def get(self, request: Request, key: str) -> aioweb.Response:
+    async def get(self, request: Request, user: str) -> aioweb.Response:
         try:
-            key = check_key(key, "bucket key")
+            user = check_key(user, "bucket key")
+            resource = check_resource(request.query.get("resource"))
+            policy = RULES.policy(user, resource)
         except BadRequest as exc:
             return error(400, str(exc))
+        except UnknownResource:
+            return error(404, f"no rule for resource {resource!r}")
         now = time.time()
-        k = bucket_key(key)
+        k = Rules.key(policy, user, resource)
         replica = limiter.replica(k)
         own = limiter.own_state(k)
         view = limiter.view(k)
         partition = partition_for(k)
-        tp_active = app.assignor.assigned_actives() if tables_ready() else set()
-        owner = any(tp.partition == partition and tp.topic == buckets.changelog_topic_name for tp in tp_active)
+        ready = tables_ready()
+        actives = app.assignor.assigned_actives() if ready else set()
+        owner = any(tp.partition == partition and tp.topic == buckets.changelog_topic_name for tp in actives)
+        rule = policy.rule
         return _json(
             {
-                "key": key,
-                "tokens": crdt.tokens(view, DEFAULT_RULE, now),
-                "capacity": DEFAULT_RULE.capacity,
-                "rate": DEFAULT_RULE.rate,
+                "key": k.decode("utf-8", "surrogateescape"),
+                "user": user,
+                "resource": resource,
+                "policy": policy.name,
+                "shadow": policy.shadow,
+                "tokens": crdt.tokens(view, rule, now),
+                "capacity": _number(rule.capacity),
+                "rate": _number(rule.rate),
                 "consumed": view.consumed,
                 "counters": {str(n): c for n, c in view.counters.items()},
                 "wasted": view.wasted,
@@ -143,7 +169,7 @@ class BucketView(View):
                 "role": "active" if owner else "standby",
                 "worker": settings.node_id,
                 "slot": SLOT,
-                "ready": tables_ready(),
+                "ready": ready,
             }
         )
 
@@ -187,6 +213,15 @@ class Stats(View):
                 "changelog_lag": _summary(list(limiter.changelog_lags)),
             }
         )
+
+
+@app.page("/metrics")
+class Metrics(View):
+    """GET /metrics: Prometheus text format."""
+
+    async def get(self, request: Request) -> aioweb.Response:
+        body, content_type = metrics.render()
+        return aioweb.Response(body=body, headers={"Content-Type": content_type})
 
 
 @app.page("/healthz")
