@@ -15,6 +15,7 @@ import logging
 import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from bucketstream import crdt, metrics
 from bucketstream.app import FETCH_MAX_WAIT_MS, app, settings
@@ -159,6 +160,28 @@ async def peer_feed() -> None:
                     mark_peer_feed_ready()
     finally:
         await consumer.stop()
+
+
+_admin: AIOKafkaAdminClient | None = None
+
+
+@app.timer(5.0)
+async def count_workers() -> None:
+    """How many workers share the limits (members of the consumer group), for the burst cap.
+
+    While Kafka cannot be asked, the last count stays: the cap keeps working.
+    """
+    global _admin
+    try:
+        if _admin is None:
+            _admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(settings), request_timeout_ms=5000)
+            await _admin.start()
+        (response,) = await asyncio.wait_for(_admin.describe_consumer_groups([settings.app_id]), 5)
+        members = len(response.groups[0][5]) if response.groups else 0
+        if members:
+            limiter.live_workers = members
+    except Exception as exc:  # noqa: BLE001 - a count we cannot refresh keeps its last value
+        log.debug("could not count the workers: %s", exc)
 
 
 @app.timer(settings.flush_interval)

@@ -24,11 +24,12 @@ shows that batch, the same hop that brings it to every other worker.
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from collections.abc import Callable
 from typing import NamedTuple
 
-from bucketstream.crdt import BucketState, CodecError, Decision, Rule, decode, encode, join, leq, try_consume
+from bucketstream.crdt import BucketState, CodecError, Decision, Rule, decode, encode, join, leq, tokens, try_consume
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,9 @@ class Limiter:
         self._own: dict[bytes, BucketState] = {}  # states the replica does not reflect yet
         self._dirty: dict[bytes, float] = {}  # key -> first admission since the last flush
         self._inflight: dict[bytes, deque[Flushed]] = {}  # flushed, not yet seen in the replica
-        self.delays: deque[float] = deque(maxlen=4096)  # recent replication delays, seconds
+        self.delays: deque[float] = deque(maxlen=256)  # recent replication delays, seconds
+        self.live_workers = 1  # workers in the consumer group, refreshed by a timer
+        self._delay_estimate = 0.1
         self.update_lags: deque[float] = deque(maxlen=4096)  # update produced -> merged by the agent here
         self.changelog_lags: deque[float] = deque(maxlen=4096)  # changelog produced -> applied to a standby here
 
@@ -89,13 +92,50 @@ class Limiter:
         replica = self.replica(key)
         return replica if own is None else join(replica, own)
 
-    def decide(self, key: bytes, rule: Rule, now: float, cost: int = 1) -> Decision:
-        decision, new = try_consume(self.view(key), rule, self.slot, now, cost)
+    def decide(self, key: bytes, rule: Rule, now: float, cost: int = 1, capped: bool = True) -> Decision:
+        own = self._own.get(key)
+        replica = self.replica(key)
+        if own is None:
+            view = replica
+        else:
+            view = join(replica, own)
+            if capped:
+                # the burst cap: what this worker spent that Kafka has not shown it yet
+                unseen = slot_count(own, self.slot) - slot_count(replica, self.slot)
+                if unseen + cost > self.burst_cap(rule, self._unconfirmed_for(key, now)):
+                    # answered like any refusal; the wait is about one replication delay
+                    return Decision(False, tokens(view, rule, now), max(self.delay_estimate, 0.001))
+        decision, new = try_consume(view, rule, self.slot, now, cost)
         if decision.allowed:
             self._own[key] = new
             if key not in self._dirty:
                 self._dirty[key] = now
         return decision
+
+    def burst_cap(self, rule: Rule, unconfirmed_for: float = 0.0) -> int:
+        """How much this worker may spend on one key before Kafka shows it that spending.
+
+        ``C / (2·workers)``: a burst that hits N workers at once admits at most
+        ``C + (N-1)·C/(2N) < 1.5·C`` instead of ``N·C``. Plus this worker's
+        share of the refill, ``rate / workers`` per second, for as long as its
+        oldest admission is unconfirmed: while Kafka is away, isolated workers
+        together stay near the rule's rate. Never below ``2·rate·d``, so one
+        client's steady rate through one worker is not throttled by the round
+        trip itself.
+        """
+        n = self.live_workers
+        share = rule.capacity / (2 * n) + rule.rate * unconfirmed_for / n
+        return max(1, math.ceil(share), math.ceil(2 * rule.rate * self._delay_estimate))
+
+    def _unconfirmed_for(self, key: bytes, now: float) -> float:
+        batches = self._inflight.get(key)
+        oldest = batches[0].first_admit if batches else self._dirty.get(key, now)
+        return max(0.0, now - oldest)
+
+    @property
+    def delay_estimate(self) -> float:
+        """Recent replication delay: p90 of the last samples (0.1 s before there are any)."""
+        return self._delay_estimate
 
     # -- flushing --------------------------------------------------------------
     def take_dirty(self) -> list[tuple[bytes, bytes]]:
@@ -171,6 +211,9 @@ class Limiter:
     def _on_delay_sample(self, seconds: float) -> None:
         self.delays.append(seconds)
         self._on_delay(seconds)
+        if len(self.delays) % 16 == 0 or len(self.delays) < 16:
+            recent = sorted(self.delays)
+            self._delay_estimate = recent[int(0.9 * (len(recent) - 1))]
 
     def forget_cache(self) -> None:
         """Drop the decoded cache (after a rebalance the store may hold other partitions)."""

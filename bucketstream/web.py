@@ -83,6 +83,9 @@ def not_ready() -> aioweb.Response:
     return error(503, "tables are recovering; try again shortly", {"Retry-After": "1"})
 
 
+BURST_CAP = settings.burst_cap
+
+
 def protect(request, resource: str | None) -> aioweb.Response:
     """The hot path: parse, decide locally, answer. No await, no I/O besides the local replica read."""
     try:
@@ -99,7 +102,7 @@ def protect(request, resource: str | None) -> aioweb.Response:
     if not tables_ready():
         return not_ready()
     started = time.perf_counter()
-    decision = limiter.decide(Rules.key(policy, user, resource), policy.rule, time.time())
+    decision = limiter.decide(Rules.key(policy, user, resource), policy.rule, time.time(), capped=BURST_CAP)
     metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
     if decision.allowed:
         metrics.decision(policy.name, "allowed")
@@ -207,6 +210,8 @@ class Stats(View):
                 },
                 "active_keys": len(buckets) if ready else None,
                 "own_unreflected_keys": limiter.own_keys,
+                "live_workers": limiter.live_workers,
+                "burst_cap": {"enabled": BURST_CAP, "default_rule": limiter.burst_cap(RULES.default.rule)},
                 "cached_keys": limiter.cached_keys,
                 "replication_delay": _summary(delays),
                 "update_lag": _summary(list(limiter.update_lags)),

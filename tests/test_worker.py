@@ -66,8 +66,11 @@ def test_consumption_reaches_the_table_through_the_update_topic(pool, broker):
     assert [w.protected("bob")[0] for _ in range(4)] == [200] * 4
     key = w.bucket("bob")["key"].encode()  # <rule version>||bob
 
-    updates = read_changelog(broker, f"{pool.app_id}-updates")
-    assert crdt.decode(updates[key]).consumed == 4
+    def flushed_four():
+        value = read_changelog(broker, f"{pool.app_id}-updates").get(key)
+        return value is not None and crdt.decode(value).consumed == 4
+
+    wait_until(flushed_four, 10, 0.1, "the update topic holds bob's state with 4 consumed")
 
     def table_has_four():
         value = read_changelog(broker, f"{pool.app_id}-buckets-changelog").get(key)
