@@ -92,7 +92,7 @@ class Limiter:
         replica = self.replica(key)
         return replica if own is None else join(replica, own)
 
-    def decide(self, key: bytes, rule: Rule, now: float, cost: int = 1, capped: bool = True) -> Decision:
+    def decide(self, key: bytes, rule: Rule, now: float, cost: int = 1, capped: bool = False) -> Decision:
         own = self._own.get(key)
         replica = self.replica(key)
         if own is None:
@@ -112,20 +112,22 @@ class Limiter:
                 self._dirty[key] = now
         return decision
 
-    def burst_cap(self, rule: Rule, unconfirmed_for: float = 0.0) -> int:
+    def burst_cap(self, rule: Rule, unconfirmed_for: float = 0.0) -> float:
         """How much this worker may spend on one key before Kafka shows it that spending.
 
-        ``C / (2·workers)``: a burst that hits N workers at once admits at most
-        ``C + (N-1)·C/(2N) < 1.5·C`` instead of ``N·C``. Plus this worker's
-        share of the refill, ``rate / workers`` per second, for as long as its
-        oldest admission is unconfirmed: while Kafka is away, isolated workers
-        together stay near the rule's rate. Never below ``2·rate·d``, so one
-        client's steady rate through one worker is not throttled by the round
-        trip itself.
+        A burst that hits N workers at once admits at most ``C + (N-1)·b``, so
+        ``b = C / (2·(N-1))`` keeps it under ``1.5·C`` (instead of ``N·C``);
+        one worker alone has no cap. Plus this worker's share of the refill,
+        ``rate / N`` per second, for as long as its oldest admission is
+        unconfirmed: while Kafka is away, isolated workers together stay near
+        the rule's rate. Never below ``2·rate·d``, so one client's steady rate
+        through one worker is not throttled by the round trip itself.
         """
         n = self.live_workers
-        share = rule.capacity / (2 * n) + rule.rate * unconfirmed_for / n
-        return max(1, math.ceil(share), math.ceil(2 * rule.rate * self._delay_estimate))
+        if n <= 1:
+            return math.inf
+        share = max(1, math.floor(rule.capacity / (2 * (n - 1)))) + rule.rate * unconfirmed_for / n
+        return max(share, math.ceil(2 * rule.rate * self._delay_estimate))
 
     def _unconfirmed_for(self, key: bytes, now: float) -> float:
         batches = self._inflight.get(key)

@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     flush_interval: float = Field(0.01, gt=0, le=5, description="seconds between flushes of this worker's deltas")
     expire_after: float = Field(600.0, gt=0, description="seconds a bucket must have been full and idle before it is deleted (at least capacity/rate)")
     expire_check_interval: float = Field(10.0, gt=0, description="seconds between expiry sweeps")
-    burst_cap: bool = Field(True, description="cap what one worker spends on a key before Kafka shows it (capacity/(2*workers) plus its share of the refill while unconfirmed)")
+    burst_cap: bool = Field(False, description="cap what one worker spends on a key before Kafka shows it: capacity/(2*(workers-1)) plus its refill share while unconfirmed; for round-robin balancing")
     log_level: str = Field("info", pattern=r"^(?i:debug|info|warning|error|critical)$", description="log level")
 
     @field_validator("broker")

@@ -177,6 +177,10 @@ class BucketView(View):
         )
 
 
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -211,7 +215,7 @@ class Stats(View):
                 "active_keys": len(buckets) if ready else None,
                 "own_unreflected_keys": limiter.own_keys,
                 "live_workers": limiter.live_workers,
-                "burst_cap": {"enabled": BURST_CAP, "default_rule": limiter.burst_cap(RULES.default.rule)},
+                "burst_cap": {"enabled": BURST_CAP, "default_rule": _finite(limiter.burst_cap(RULES.default.rule))},
                 "cached_keys": limiter.cached_keys,
                 "replication_delay": _summary(delays),
                 "update_lag": _summary(list(limiter.update_lags)),

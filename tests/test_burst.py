@@ -1,8 +1,8 @@
 """The burst cap: a burst spread over four workers at once stays near C, not 4·C.
 
 Without the cap every worker may spend a whole bucket before it hears of the
-others (DESIGN.md's N·C); with it a worker spends at most
-max(C / workers, 2·R·d) of one key before Kafka shows it that spending.
+others (DESIGN.md's N·C); with it (``--burst-cap``) a worker spends at most
+C / (2·(N-1)) of one key (plus its refill share) before Kafka shows it.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def wait_for_membership(workers, n: int) -> None:
 
 
 def test_a_burst_over_four_workers_stays_near_capacity_with_the_cap(pool):
-    workers = pool.start(4, capacity=C, rate=0.01)
+    workers = pool.start(4, capacity=C, rate=0.01, burst_cap=True)
     wait_for_membership(workers, 4)
     t0 = time.monotonic()
     admitted = burst(workers, "burst", 5 * C)
@@ -55,7 +55,7 @@ def test_without_the_cap_the_same_burst_goes_over(pool):
 
 def test_the_cap_costs_one_client_on_one_worker_little(pool):
     """C requests to one worker spread over one second: at least 0.9·C pass."""
-    workers = pool.start(4, capacity=C, rate=0.01)
+    workers = pool.start(4, capacity=C, rate=0.01, burst_cap=True)
     wait_for_membership(workers, 4)
     w = workers[0]
     admitted = 0
