@@ -15,6 +15,7 @@ help:
 	@echo "make load        headless Locust run against the workers of 'make run'"
 	@echo "make kafka       start the local broker (127.0.0.1:9092) if none answers"
 	@echo "make kafka-stop  stop it"
+	@echo "make kafka-cluster / kafka-cluster-stop   three KRaft brokers on 19092, 19094, 19096"
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found: install Python 3.11 or newer"; exit 1; }
@@ -32,6 +33,14 @@ kafka:
 kafka-stop:
 	@$(KAFKA) stop
 
+.PHONY: kafka-cluster kafka-cluster-stop
+# three KRaft nodes on 127.0.0.1:19092,19094,19096 (KAFKA_CLUSTER_PORTS); prints the BUCKETSTREAM_BROKER list
+kafka-cluster:
+	@deploy/kafka/cluster.sh start
+
+kafka-cluster-stop:
+	@deploy/kafka/cluster.sh stop
+
 run: venv
 	@deploy/run.sh
 
@@ -43,9 +52,20 @@ bench: venv
 	@$(KAFKA) jars >/dev/null
 	$(PY) -m bench $(BENCH_ARGS)
 
+# LOAD_USERS, LOAD_SPAWN_RATE, LOAD_TIME, LOAD_ARGS; workers on BUCKETSTREAM_RUN_PORTS (as `make run`)
 load: venv
-	$(VENV)/bin/locust -f locustfile.py --headless -u 50 -r 10 -t 30s --host http://127.0.0.1:6066 \
-	  --csv bench/results/locust --html bench/results/locust.html
+	@hosts=""; for port in $${BUCKETSTREAM_RUN_PORTS:-6066 6067}; do \
+	  curl -fsS -o /dev/null "http://127.0.0.1:$$port/readyz" 2>/dev/null || { \
+	    echo "make load: no ready worker on 127.0.0.1:$$port: start the workers with 'make run' in another terminal"; exit 1; }; \
+	  hosts="$${hosts:+$$hosts,}http://127.0.0.1:$$port"; \
+	done; \
+	mkdir -p bench/results; \
+	BUCKETSTREAM_LOAD_HOSTS="$${BUCKETSTREAM_LOAD_HOSTS:-$$hosts}" $(VENV)/bin/locust -f locustfile.py --headless \
+	  -u $(or $(LOAD_USERS),50) -r $(or $(LOAD_SPAWN_RATE),10) -t $(or $(LOAD_TIME),30s) --host "$${hosts%%,*}" \
+	  --csv bench/results/locust --html bench/results/locust.html $(LOAD_ARGS); status=$$?; \
+	[ $$status = 0 ] && verdict="every answer checked out" || verdict="FAILURES: wrong answers, see the report"; \
+	echo "make load: $$verdict; report bench/results/locust.html, stats bench/results/locust_stats.csv"; \
+	exit $$status
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache .hypothesis

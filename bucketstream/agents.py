@@ -136,6 +136,7 @@ async def peer_feed() -> None:
             start = starts.get(tp)
             consumer.seek(tp, start.offset if start is not None else ends[tp])
         behind = {tp: end for tp, end in ends.items() if end > 0}
+        await refresh_worker_count()  # the burst cap needs the count before the first request
         if not behind:
             mark_peer_feed_ready()
         while True:
@@ -167,6 +168,10 @@ _admin: AIOKafkaAdminClient | None = None
 
 @app.timer(5.0)
 async def count_workers() -> None:
+    await refresh_worker_count()
+
+
+async def refresh_worker_count() -> None:
     """How many workers share the limits (members of the consumer group), for the burst cap.
 
     While Kafka cannot be asked, the last count stays: the cap keeps working.

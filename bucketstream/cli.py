@@ -81,6 +81,10 @@ def worker(**options) -> None:
             os.environ[_env(name)] = str(value)
     try:
         from bucketstream.app import app, settings
+        from bucketstream.topics import ensure_topics
+
+        # topics first, so a cluster that cannot hold them is named here, not in a traceback
+        asyncio.run(ensure_topics(settings))
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
 

@@ -52,16 +52,26 @@ async def ensure_topics(settings: Settings) -> None:
     except KafkaError as exc:
         raise ConfigError(f"cannot reach Kafka at {settings.broker} (BUCKETSTREAM_BROKER): {exc}") from None
     try:
+        brokers = len((await admin.describe_cluster()).get("brokers", []))
+        if brokers and settings.topic_replication > brokers:
+            raise ConfigError(
+                f"BUCKETSTREAM_TOPIC_REPLICATION is {settings.topic_replication} but the cluster at "
+                f"{settings.broker} has {brokers} broker(s): use at most {brokers}")
         topics = wanted(settings)
         existing = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics([t.name for t in topics])
                     if t.get("error_code", 0) == 0}
         missing = [t for t in topics if t.name not in existing]
         if missing:
             try:
-                await admin.create_topics(missing)
+                response = await admin.create_topics(missing)
             except TopicAlreadyExistsError:
-                pass  # another worker won the race
-            log.info("created topics %s", ", ".join(t.name for t in missing))
+                response = None  # another worker won the race
+            # aiokafka reports per-topic failures in the response, not as exceptions
+            for name, code, *rest in getattr(response, "topic_errors", ()):
+                if code not in (0, TopicAlreadyExistsError.errno):
+                    message = rest[0] if rest and rest[0] else f"Kafka error code {code}"
+                    raise ConfigError(f"could not create topic {name} on {settings.broker}: {message}")
+            log.info("topics ready: %s", ", ".join(t.name for t in missing))
         for t in topics:
             have = existing.get(t.name)
             if have is not None and have != t.num_partitions:

@@ -115,3 +115,11 @@ def test_help_describes_every_worker_option():
     top = subprocess.run([sys.executable, "-m", "bucketstream.cli", "--help"], capture_output=True, text=True,
                          timeout=60).stdout
     assert "worker" in top
+
+
+def test_more_replicas_than_brokers_fails_at_start_naming_the_variable(broker, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "bucketstream.cli", "worker", "--broker", broker.url,
+                           "--topic-replication", "3", "--app-id", "too-many-replicas",
+                           "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "BUCKETSTREAM_TOPIC_REPLICATION is 3" in proc.stderr and "1 broker" in proc.stderr

@@ -6,7 +6,12 @@
 #   kafka.sh start    start a broker unless one already answers on the port;
 #                     return once it answers
 #   kafka.sh stop     stop the broker this state directory started
+#   kafka.sh kill     kill -9 it (fault drills: no controlled shutdown)
 #   kafka.sh status   say whether it answers
+#
+# One node of a multi-node cluster is this script with KAFKA_NODE_ID,
+# KAFKA_VOTERS (all nodes) and KAFKA_REPLICATION set; deploy/kafka/cluster.sh
+# does that for three nodes on 127.0.0.1.
 #
 # Settings (environment):
 #   KAFKA_VERSION          3.9.1 (see deploy/kafka/README section in README.md)
@@ -19,7 +24,13 @@
 #   KAFKA_CACHE            ~/.cache/bucketstream/kafka-$KAFKA_VERSION (jars)
 #   KAFKA_HEAP             512m
 #   KAFKA_REPLICATION      1     replication factor of the internal topics
+#                                (offsets, transactions) and of auto-created ones
+#   KAFKA_MIN_ISR          min(2, KAFKA_REPLICATION): min.insync.replicas default
+#                                and transaction.state.log.min.isr
 #   KAFKA_START_TIMEOUT    90    seconds to wait for "started"
+#   KAFKA_PROPERTIES       ""    more server.properties, "key=value" separated by
+#                                spaces or newlines; they override the ones above
+#                                (e.g. "broker.session.timeout.ms=3000")
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -33,7 +44,9 @@ state=${KAFKA_STATE_DIR:-$PWD/.run/kafka-$port}
 cache=${KAFKA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/bucketstream/kafka-$version}
 heap=${KAFKA_HEAP:-512m}
 repl=${KAFKA_REPLICATION:-1}
+min_isr=${KAFKA_MIN_ISR:-$(( repl < 2 ? repl : 2 ))}
 timeout=${KAFKA_START_TIMEOUT:-90}
+extra=${KAFKA_PROPERTIES:-}
 
 die() { echo "kafka.sh: $*" >&2; exit 1; }
 
@@ -81,10 +94,10 @@ auto.create.topics.enable=false
 offsets.topic.replication.factor=$repl
 offsets.topic.num.partitions=4
 transaction.state.log.replication.factor=$repl
-transaction.state.log.min.isr=1
+transaction.state.log.min.isr=$min_isr
 transaction.state.log.num.partitions=4
 default.replication.factor=$repl
-min.insync.replicas=1
+min.insync.replicas=$min_isr
 group.initial.rebalance.delay.ms=0
 log.cleaner.enable=true
 log.cleaner.dedupe.buffer.size=16777216
@@ -95,6 +108,10 @@ num.network.threads=2
 num.io.threads=2
 num.recovery.threads.per.data.dir=1
 EOF
+  local kv
+  for kv in $extra; do
+    case "$kv" in *=*) echo "$kv" >> "$state/server.properties" ;; *) die "KAFKA_PROPERTIES: not key=value: $kv" ;; esac
+  done
   cat > "$state/log4j.properties" <<EOF
 log4j.rootLogger=WARN, file
 log4j.logger.kafka.server.KafkaRaftServer=INFO
@@ -116,6 +133,8 @@ start() {
       format -t "$cluster_id" -c "$state/server.properties" --ignore-formatted >"$state/format.log" 2>&1 \
       || { cat "$state/format.log" >&2; die "formatting $state/data failed"; }
   fi
+  # the wait below looks for "started" in a fresh log; keep the last run's
+  [ -s "$state/server.log" ] && cat "$state/server.log" >> "$state/server.log.old"
   : > "$state/server.log"
   # setsid: the broker gets its own process group, so Ctrl-C in a terminal
   # that ran `make kafka` does not take it down; `kafka.sh stop` does.
@@ -126,7 +145,7 @@ start() {
   local waited=0
   until grep -q "Kafka Server started" "$state/server.log" 2>/dev/null; do
     if ! kill -0 "$(cat "$state/pid")" 2>/dev/null; then
-      tail -30 "$state/stdout.log" "$state/server.log" >&2
+      tail -n 30 "$state/stdout.log" "$state/server.log" >&2
       die "the broker exited during start-up (logs in $state)"
     fi
     [ "$waited" -lt $((timeout * 10)) ] || { stop; die "the broker did not start in ${timeout}s (logs in $state)"; }
@@ -147,10 +166,20 @@ stop() {
   echo "kafka.sh: stopped the broker on 127.0.0.1:$port"
 }
 
+kill9() {
+  [ -f "$state/pid" ] || { echo "kafka.sh: no broker started from $state"; return 0; }
+  local pid; pid=$(cat "$state/pid")
+  kill -KILL "$pid" 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+  rm -f "$state/pid"
+  echo "kafka.sh: killed (-9) the broker on 127.0.0.1:$port"
+}
+
 case "${1:-}" in
   jars) need; jars ;;
   start) start ;;
   stop) stop ;;
+  kill) kill9 ;;
   status) if answers; then echo "up on 127.0.0.1:$port"; else echo "down on 127.0.0.1:$port"; exit 1; fi ;;
-  *) echo "usage: $0 jars|start|stop|status" >&2; exit 2 ;;
+  *) echo "usage: $0 jars|start|stop|kill|status" >&2; exit 2 ;;
 esac

@@ -1,0 +1,200 @@
+"""Faults on a real three-node Kafka cluster (issue 7): a frozen worker, workers
+scaled up and down, a broker killed, all during paced load.
+
+The cluster (tests/cluster_fixtures.py) is three KRaft nodes, broker and
+controller each, started by deploy/kafka/cluster.sh; the app's topics have
+replication factor 3 and min.insync.replicas 2. Load and the accuracy bound are
+those of test_distributed.py:
+    admitted(0, t] <= C + R*t + (N-1)*(C + R*d),   admitted >= 0.95 * (C + R*t)
+with N the most workers alive at once and d the p99 replication delay the
+workers measured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from tests.cluster import Worker, wait_until
+from tests.cluster_fixtures import DynamicLoad, kafka_cluster, pool  # noqa: F401  (fixtures)
+from tests.test_distributed import C, R, check_bound, measured_delay, table_consumed
+
+pytestmark = pytest.mark.broker
+
+
+def views_agree(workers: list[Worker], key: str):
+    """All workers hold the same state of ``key`` and none has admissions Kafka lacks."""
+    views = [w.bucket(key) for w in workers]
+    states = {(json.dumps(v["counters"], sort_keys=True), v["wasted"]) for v in views}
+    return len(states) == 1 and all(not v["own_unreflected"] for v in views) and views
+
+
+def check_upper_bound(result, n: int, d: float) -> None:
+    """check_bound without the floor: every prefix (0, t] of the admissions stays under the bound."""
+    for k, t in enumerate(result.admit_times, start=1):
+        bound = C + R * t + (n - 1) * (C + R * d)
+        assert k <= bound, f"{k} admitted by t={t:.2f}s, bound {bound:.1f} (d={d * 1000:.0f} ms)"
+
+
+def per_second(result) -> list[int]:
+    """Admissions in each second of the run (a lock-out shows as a run of zeros)."""
+    counts = [0] * (int(result.duration) + 1)
+    for t in result.admit_times:
+        counts[min(int(t), len(counts) - 1)] += 1
+    return counts
+
+
+def report(name: str, load: DynamicLoad, n: int, d: float, **extra) -> None:
+    r = load.result
+    ideal = C + R * r.duration
+    extra["max_latency_ms"] = {p: round(v * 1000) for p, v in load.max_latency.items()}
+    if load.slow:
+        extra["slow"] = load.slow[:20]
+    extra["per_second"] = per_second(r)
+    more = "".join(f", {k} {v}" for k, v in extra.items())
+    print(f"\n{name}: admitted {r.admitted} of {r.admitted + r.refused + r.errors} over {r.duration:.1f}s, "
+          f"ideal {ideal:.0f} (ratio {r.admitted / ideal:.3f}), bound {C + R * r.duration + (n - 1) * (C + R * d):.0f} "
+          f"(N={n}, d={d * 1000:.0f} ms), errors {r.errors}{more}")
+
+
+def test_the_app_topics_are_replicated_three_times_with_min_isr_two(pool, kafka_cluster):
+    """`topic_replication` 3 on three brokers: RF 3 and min.insync.replicas 2 for both
+    app topics, and the broker's own offsets topic is replicated 3 times too."""
+    pool.start(1, capacity=C, rate=R)
+    names = [f"{pool.app_id}-updates", f"{pool.app_id}-buckets-changelog"]
+    topics = kafka_cluster.topics(names + ["__consumer_offsets"])
+    for name in names + ["__consumer_offsets"]:
+        assert name in topics, name
+        assert {len(p["replicas"]) for p in topics[name].values()} == {3}, (name, topics[name])
+    for name in names:
+        assert kafka_cluster.topic_config(name)["min.insync.replicas"] == "2", name
+
+
+def test_a_worker_frozen_for_15s_catches_up_and_agrees_within_1s(pool):
+    """SIGSTOP one of three workers for 15 s under load (it drops out of the group
+    after its 10 s session timeout), SIGCONT: it catches up at once, its replica
+    agrees with the others within 1 s, and it answers again."""
+    workers = pool.start(3, capacity=C, rate=R)
+    frozen, others = workers[2], workers[:2]
+    key = "frozen"
+    with DynamicLoad(workers, key, rate=10 * R, duration=60) as load:
+        time.sleep(3)
+        load.set_workers(others)  # no more requests to the worker about to freeze
+        time.sleep(0.2)
+        frozen.signal(signal.SIGSTOP)
+        time.sleep(15)
+        load.finish()  # quiet, so "agree" has one answer to agree on
+        frozen.signal(signal.SIGCONT)
+        resumed = time.monotonic()
+        views = wait_until(lambda: views_agree(workers, key), 30, 0.02, "the resumed worker agrees")
+        caught_up = time.monotonic() - resumed
+    first = load.result
+    assert views[0]["consumed"] == first.admitted, "the merged state counts every 200"
+
+    # then it serves again, through the rebalance its return starts
+    with DynamicLoad(workers, key, rate=10 * R, duration=8) as load2:
+        pass
+    result = load2.result
+    stop = time.monotonic()
+    views = wait_until(lambda: views_agree(workers, key), 10, 0.02, "all agree after the second run")
+    converged = time.monotonic() - stop
+    d = max(load.delay_p99, load2.delay_p99, measured_delay(workers)[1])
+    report("frozen 15 s", load, 3, d, agreed_after_sigcont_s=round(caught_up, 3), by_worker=first.by_worker)
+    report("after SIGCONT", load2, 3, d, converged_s=round(converged, 3), by_worker=result.by_worker)
+    assert not load.failures and not load2.failures, (load.failures, load2.failures)
+    assert result.by_worker.get(frozen.port, 0) > 0, "the resumed worker admits again"
+    assert caught_up <= 1.0, f"the resumed worker took {caught_up:.2f}s to agree"
+    assert converged <= 1.0, f"took {converged:.2f}s to agree after the second run"
+    assert views[0]["consumed"] == first.admitted + result.admitted
+    check_bound(first, 3, d)  # the run that had the frozen worker (the second starts with debt)
+
+
+def test_workers_scaled_2_to_4_to_2_under_load(pool):
+    """Two workers, two more join, the two new ones leave again, while a hot key is
+    hammered at 10x its rate: every rebalance settles, every live ready worker
+    answers every request, and the bound (N = 4) holds over the whole run."""
+    first = pool.start(2, capacity=C, rate=R)
+    key = "scaled"
+    steps: dict[str, float] = {}
+    d_seen = 0.0
+    with DynamicLoad(first, key, rate=10 * R, duration=120) as load:
+        time.sleep(3)
+        t0 = time.monotonic()
+        added = pool.start(2, ready=False, capacity=C, rate=R)
+        for w in added:
+            w.wait_ready(90)
+        steps["ready_2to4_s"] = round(time.monotonic() - t0, 1)
+        load.set_workers(first + added)
+        pool.wait_stable(90)
+        steps["settled_2to4_s"] = round(time.monotonic() - t0, 1)
+        time.sleep(5)
+        d_seen = max(d_seen, measured_delay(first + added)[1])
+        load.set_workers(first)  # nobody sends to a worker that is being stopped
+        time.sleep(0.2)
+        t1 = time.monotonic()
+        for w in added:
+            w.stop()
+        pool.wait_stable(90)
+        steps["settled_4to2_s"] = round(time.monotonic() - t1, 1)
+        time.sleep(5)
+        load.finish()
+    d_seen = max(d_seen, load.delay_p99, measured_delay(first)[1])
+    result = load.result
+    report("scale 2->4->2", load, 4, d_seen, **steps, by_worker=result.by_worker)
+    assert not load.failures, f"non-200/429 answers (seconds, port, status): {load.failures}"
+    assert all(result.by_worker.get(w.port, 0) > 0 for w in first + added), result.by_worker
+    check_bound(result, 4, d_seen)
+    wait_until(lambda: table_consumed(first, key) == {result.admitted}, 30, 0.05,
+               "the table counts every 200 the clients got")
+
+
+def test_a_broker_killed_during_load_loses_nothing(pool, kafka_cluster):
+    """kill -9 of the broker that leads the hot key's update partition, mid-load, back
+    8 s later: no worker stops answering, and once it is back the table's merged
+    consumption equals the number of 200s the clients received."""
+    workers = pool.start(3, capacity=C, rate=R)
+    key = "brokerloss"
+    partition = workers[0].bucket(key)["partition"]
+    updates = f"{pool.app_id}-updates"
+    roles = {
+        "leader": kafka_cluster.topics([updates])[updates][partition]["leader"],
+        "controller": kafka_cluster.describe_cluster()["controller_id"],
+        "coordinator": kafka_cluster.coordinator(pool.app_id),
+    }
+    # the leader of the hot key's update partition by default: its producers and
+    # the peer feed must move to the new leader; the others for a manual run
+    victim_id = roles[os.environ.get("BUCKETSTREAM_TEST_KILL", "leader")]
+    victim = kafka_cluster.node(victim_id)
+    killed_roles = "+".join(role for role, node in roles.items() if node == victim_id)
+    with DynamicLoad(workers, key, rate=10 * R, duration=26) as load:
+        time.sleep(5)
+        victim.kill9()
+        killed_at = load.elapsed()
+        time.sleep(8)
+        t0 = time.monotonic()
+        victim.start()
+        restarted_in = time.monotonic() - t0
+    result = load.result
+    stop = time.monotonic()
+    try:
+        wait_until(lambda: table_consumed(workers, key) == {result.admitted}, 60, 0.1,
+                   "the table counts every 200 the clients got")
+    except TimeoutError:
+        print(kafka_cluster.log_tails())
+        raise
+    counted = time.monotonic() - stop
+    names = [updates, f"{pool.app_id}-buckets-changelog"]
+    wait_until(lambda: all(len(p["isr"]) == 3 for t in kafka_cluster.topics(names).values() for p in t.values()),
+               60, 0.5, "every partition back to 3 in-sync replicas")
+    d = max(load.delay_p99, measured_delay(workers)[1])
+    report("broker kill -9", load, 3, d, killed_node=victim_id, roles=killed_roles,
+           killed_at_s=round(killed_at, 1), restart_s=round(restarted_in, 1), table_counts_all_after_s=round(counted, 2),
+           by_worker=result.by_worker)
+    assert not load.failures, f"non-200/429 answers (seconds, port, status): {load.failures}"
+    # the upper bound only: the issue asks for no loss here, not for the 95 % floor
+    # (while Kafka's high watermark stands still nobody sees anybody's spending)
+    check_upper_bound(result, 3, d)
