@@ -1,0 +1,149 @@
+"""The load generator: Debian's ``wrk`` (C, one thread) with a Lua script.
+
+The script makes every request a ``POST /protected`` with an ``X-User-ID``:
+
+* ``unique``: a new user for every request (``<prefix><n>``, n = 1, 2, ...;
+  with ``space`` > 0 the users cycle through ``space`` distinct ids, and the
+  run stops after ``limit`` requests when ``limit`` > 0);
+* ``hot``: the same user for every request.
+
+Fixed offered load: wrk has no rate option (wrk2 is not packaged), so the
+script paces requests itself: ``delay()`` hands each request the next slot of
+a fixed schedule (one every ``1/rate`` s, clock from LuaJIT's FFI). While the
+server keeps up, the offered load is exactly ``rate``; when it does not, the
+schedule falls behind, requests go back to back and the achieved rate stays
+below the offered one: the run is reported as *saturated* (wrk, a closed
+loop, measures latency from the actual send, so a saturated run's latency
+hides the queueing a real open-loop client would see).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+LUA = r"""
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
+int clock_gettime(int clk_id, bench_timespec *tp);
+]]
+local ts = ffi.new("bench_timespec")
+local function now_ms()
+  ffi.C.clock_gettime(1, ts) -- CLOCK_MONOTONIC
+  return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
+end
+
+local mode, prefix, space, limit
+local counter = 0
+local interval = 0
+local next_slot = nil
+local hot_request = nil
+
+function init(args)
+  mode = args[1]
+  local rate = tonumber(args[2])
+  prefix = args[3]
+  space = tonumber(args[4])
+  limit = tonumber(args[5])
+  hot_request = wrk.format("POST", "/protected", {["X-User-ID"] = prefix .. "hot"}, "")
+  if rate > 0 then
+    interval = 1000 / rate
+    delay = function()
+      local t = now_ms()
+      if next_slot == nil then next_slot = t end
+      local slot = next_slot
+      next_slot = next_slot + interval
+      if slot <= t then return 0 end
+      return slot - t
+    end
+  end
+end
+
+function request()
+  counter = counter + 1
+  if limit > 0 and counter > limit then
+    wrk.thread:stop()
+  end
+  if mode == "hot" then return hot_request end
+  local n = counter
+  if space > 0 then n = (counter - 1) % space + 1 end
+  return wrk.format("POST", "/protected", {["X-User-ID"] = prefix .. n}, "")
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH_JSON {"requests": %d, "duration_us": %d, "bytes": %d, "connect": %d, "read": %d, "write": %d, ' ..
+    '"status": %d, "timeout": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, "p999_us": %d, "max_us": %d, ' ..
+    '"mean_us": %.1f}\n',
+    summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency:percentile(99.9),
+    latency.max, latency.mean))
+end
+"""
+
+
+@dataclass
+class Run:
+    """One wrk run: what was asked and what came back."""
+
+    target: str
+    scenario: str  # unique | hot
+    offered: float  # requests/s asked for; 0 = as fast as it goes
+    duration: float  # seconds, measured by wrk
+    requests: int
+    errors: int  # socket errors + timeouts + non-2xx/3xx answers
+    non_2xx: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    p999_ms: float
+    max_ms: float
+    mean_ms: float
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.duration if self.duration else 0.0
+
+    @property
+    def saturated(self) -> bool:
+        """A fixed-rate run whose achieved rate fell more than 5 % short of the offer."""
+        return self.offered > 0 and self.rps < 0.95 * self.offered
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "rps": self.rps, "saturated": self.saturated}
+
+
+def script_path(workdir: Path) -> Path:
+    path = workdir / "bench.lua"
+    if not path.exists() or path.read_text() != LUA:
+        path.write_text(LUA)
+    return path
+
+
+def wrk(port: int, *, target: str, scenario: str, duration: float, workdir: Path, connections: int = 50,
+        rate: float = 0.0, prefix: str = "u", space: int = 0, limit: int = 0, cpus: set[int] | None = None,
+        timeout: float = 10.0) -> Run:
+    """Run wrk against 127.0.0.1:``port`` for ``duration`` seconds (one thread)."""
+    import os
+
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", f"--timeout={timeout:g}s",
+           "-s", str(script_path(workdir)), f"http://127.0.0.1:{port}/protected",
+           "--", scenario, f"{rate:.3f}", prefix, str(space), str(limit)]
+    preexec = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=duration + 120, preexec_fn=preexec)
+    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
+    if done.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stdout.strip()[-500:]}")
+    r = json.loads(line.removeprefix("BENCH_JSON "))
+    ms = 1e-3
+    return Run(
+        target=target, scenario=scenario, offered=rate, duration=r["duration_us"] / 1e6, requests=r["requests"],
+        errors=r["connect"] + r["read"] + r["write"] + r["timeout"] + r["status"], non_2xx=r["status"],
+        p50_ms=r["p50_us"] * ms, p90_ms=r["p90_us"] * ms, p99_ms=r["p99_us"] * ms, p999_ms=r["p999_us"] * ms,
+        max_ms=r["max_us"] * ms, mean_ms=r["mean_us"] * ms,
+    )

@@ -1,0 +1,69 @@
+"""`make bench` in its seconds-long smoke mode: it runs end to end and writes its results.
+
+No assertion on speed: this proves the benchmark works (every phase starts and
+stops its processes, wrk and redis-server are there or get installed, the
+result files have their rows), not how fast anything is.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.cluster import ROOT
+
+pytestmark = pytest.mark.broker
+
+MISSING = [m for m in ("matplotlib", "redis") if importlib.util.find_spec(m) is None]
+
+
+@pytest.mark.skipif(bool(MISSING), reason=f"bench extras missing ({', '.join(MISSING)}): pip install -e '.[bench]'")
+@pytest.mark.timeout(300)
+def test_bench_smoke(broker, tmp_path):
+    out = tmp_path / "results"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BUCKETSTREAM_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--broker", broker.bootstrap, "--out", str(out)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=280,
+    )
+    assert done.returncode == 0, done.stdout[-4000:]
+
+    md = (out / "results.md").read_text()
+    for row in ("(1) ceiling: bare aiohttp handler", "(2) bucketstream, unique users", "(2) bucketstream, one hot user",
+                "(3) aiohttp + Redis Lua, unique users", "(3) aiohttp + Redis Lua, one hot user",
+                "## Kafka messages per request", "## Replication delay, three workers under load",
+                "## Memory per bucket", "## Recovery from the changelog", "## Targets"):
+        assert row in md, f"{row!r} missing from results.md:\n{md}"
+    assert (out / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "make bench" in (out / "README-summary.md").read_text()
+
+    results = json.loads((out / "results.json").read_text())
+    measured = {(r["target"], r["scenario"]) for r in results["runs"] if r["offered"] == 0}
+    assert measured >= {("ceiling", "unique"), ("bucketstream", "unique"), ("bucketstream", "hot"),
+                        ("redis", "unique"), ("redis", "hot")}
+    assert all(r["requests"] > 0 for r in results["runs"] if "requests" in r)
+    hot = next(r for r in results["runs"] if r["target"] == "bucketstream" and r["scenario"] == "hot")
+    assert hot["kafka"]["requests"] == hot["requests"]
+    assert set(results["replication"]) == {"hot", "unique"}
+    assert results["memory"]["keys_added"] >= 500
+    assert results["recovery"]["ready_seconds"] is not None
+    assert results["recovery"]["active_keys"] == 1_000
+    # nothing the bench started is left running
+    assert results["meta"]["pids"]
+    for pid in results["meta"]["pids"]:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except FileNotFoundError:
+            continue
+        assert not any(name in cmdline for name in ("bench", "bucketstream", "redis-server")), \
+            f"left running: {pid} {cmdline}"
