@@ -4,8 +4,8 @@
 :func:`summarize` turns them into the share of samples per *component*
 (what part of the system the sample belongs to, see ``COMPONENTS``) and per
 function, both *self* (the function was on top) and *inclusive* (anywhere on
-the stack). Shares are of all samples of all threads, idle excluded: a
-profile of a process pinned to one core adds up to that core.
+the stack). Shares are of the busy samples of all threads: a thread waiting
+in epoll is not counted (py-spy does not always see it as idle).
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ COMPONENTS = [
     ("Faust table recovery (changelog replay)", r"faust/tables/recovery", None),
     ("Faust stream/table/changelog machinery", r"faust/(streams|tables|stores|transport|channels|topics)", None),
     ("aiokafka (main loop: producer, peer-feed consumer)", r"aiokafka/", None),
-    ("event loop: waiting in select", r"EpollSelector\.select", None),
     ("event loop: socket writes, callbacks, scheduling", r"asyncio/", None),
 ]
 
@@ -58,6 +57,9 @@ LEAF_RULES = [
     ("Faust stream/table/changelog machinery", r"faust/|mode/"),
     ("event loop: socket writes, callbacks, scheduling", r"asyncio/"),
 ]
+
+#: A leaf frame in which a thread waits for I/O (py-spy does not always call that idle).
+_IDLE = re.compile(r"^(EpollSelector\.select|select|poll|epoll) \(")
 
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>.*?)(?::(?P<line>\d+))?\)$")
 
@@ -118,6 +120,7 @@ def summarize(raw: Path, top: int = 15) -> dict:
     incl_c: Counter[str] = Counter()
     area_c: Counter[str] = Counter()
     total = 0
+    waiting = 0
     for line in raw.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
@@ -126,8 +129,11 @@ def summarize(raw: Path, top: int = 15) -> dict:
         frames = [f for f in stack.split(";") if f and not f.startswith("process ") and not f.startswith("thread ")]
         if not frames:
             continue
-        total += n
         leaf = frames[-1]
+        if _IDLE.search(leaf):
+            waiting += n  # an event loop waiting for I/O: not work
+            continue
+        total += n
         self_c[_short(leaf)] += n
         area_c[_component(frames)] += n
         for f in {_short(f) for f in frames}:
@@ -137,11 +143,13 @@ def summarize(raw: Path, top: int = 15) -> dict:
     boring = re.compile(r"^(<module>|_run_module_as_main|_run_code|run_forever|_run_once|_run|run|main|"
                         r"execute_from_commandline|start|invoke|__call__|worker|run_until_complete) ")
     incl = [(k, v / total) for k, v in incl_c.most_common(200) if not boring.match(k)][:top] if total else []
-    return {"samples": total, "areas": share(area_c), "self": share(self_c), "inclusive": incl}
+    return {"samples": total, "waiting": waiting, "areas": share(area_c), "self": share(self_c), "inclusive": incl}
 
 
 def render(name: str, summary: dict) -> str:
-    lines = [f"### {name}", "", f"{summary['samples']} samples (100 Hz, all threads, idle excluded)", ""]
+    waiting = summary.get("waiting", 0)
+    lines = [f"### {name}", "", f"{summary['samples']} busy samples (100 Hz, all threads; shares are of these). "
+             f"Not counted: {waiting} samples of a thread waiting in epoll.", ""]
     for title, key in (("By component", "areas"), ("Top functions, self", "self"),
                        ("Top functions, inclusive", "inclusive")):
         lines += [f"**{title}**", "", "| share | where |", "|---:|---|"]

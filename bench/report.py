@@ -39,12 +39,14 @@ def ceiling_rps(results: dict) -> float | None:
     return r["rps"] if r else None
 
 
+def run_at(results: dict, target: str, scenario: str, offered: float) -> dict | None:
+    return next((r for r in _runs(results, target, scenario)
+                 if r["offered"] and abs(r["offered"] - offered) <= 1e-3 * offered), None)
+
+
 def fixed_run(results: dict, target: str, scenario: str, fraction: float) -> dict | None:
     base = ceiling_rps(results)
-    if not base:
-        return None
-    return next((r for r in _runs(results, target, scenario)
-                 if r["offered"] and abs(r["offered"] - fraction * base) < 0.5), None)
+    return run_at(results, target, scenario, fraction * base) if base else None
 
 
 def sustained(results: dict, target: str, scenario: str) -> tuple[float | None, float | None]:
@@ -165,14 +167,18 @@ def sweep_table(results: dict) -> list[str]:
     base = ceiling_rps(results)
     if not base:
         return []
-    fractions = sorted({round(r["offered"] / base, 3) for r in results["runs"] if r["offered"]})
+    rates: list[float] = []
+    for r in sorted(results["runs"], key=lambda r: r["offered"]):
+        if r["offered"] and not any(abs(r["offered"] - x) <= 1e-3 * x for x in rates):
+            rates.append(r["offered"])
     present = [(t, s, label) for t, s, label in SYSTEMS if _runs(results, t, s)]
     lines = ["| offered req/s | × ceiling | " + " | ".join(label.split(":")[0] if t == "ceiling" else label
                                                       for t, s, label in present) + " |",
              "|---:|---:|" + "---:|" * len(present)]
-    for frac in fractions:
-        cells = [_cell(fixed_run(results, t, s, frac)) for t, s, _ in present]
-        lines.append(f"| {_int(frac * base)} | {frac:.2f} | " + " | ".join(cells) + " |")
+    for rate in rates:
+        cells = [_cell(run_at(results, t, s, rate)) for t, s, _ in present]
+        frac = rate / base
+        lines.append(f"| {_int(rate)} | {frac:.3f} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -184,7 +190,7 @@ def kafka_rows(results: dict) -> list[tuple[str, dict, float]]:
         if "kafka" not in r:
             continue
         load = "max load" if not r["offered"] else (
-            f"{r['offered']:,.0f} req/s offered" + (f" ({r['offered'] / base:.2f}× ceiling)" if base else ""))
+            f"{r['offered']:,.0f} req/s offered" + (f" ({r['offered'] / base:.3g}× ceiling)" if base else ""))
         out.append((f"{r['scenario']} users, 1 worker, {load}", r["kafka"], r["rps"]))
     for scenario, e in results["replication"].items():
         if "kafka" in e:
@@ -285,6 +291,13 @@ def markdown(results: dict) -> str:
     out += [f"| {name} | {value} | {_mark(ok)} |" for name, value, ok in targets(results)]
     out += ["", "## Throughput and latency, as ratios to the ceiling (1)", ""]
     out += throughput_table(results)
+    idle = results.get("idle_cpu") or {}
+    if idle:
+        names = {"ceiling": "(1) ceiling", "redis": "(3) Redis app + redis-server",
+                 "bucketstream": "(2) bucketstream worker + Kafka broker"}
+        out += ["", "With no request at all, each design already uses (share of one core): " + "; ".join(
+            f"{names.get(t, t)} {' + '.join(f'{x * 100:.0f} %' for x in v.values())}" for t, v in idle.items())
+            + ". At a low fixed load that fixed cost dominates the CPU per request."]
     out += ["", "\"max\": as fast as wrk's connections get answers; \"half load\": a fixed offered load of half the "
                 "ceiling's max (paced by wrk's Lua script, see bench/loadgen.py). \"Sustained\": the highest fixed "
                 "load the design kept up with (wrk got the rate, and a worker's Kafka writes did not go on more than "

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import datetime
 import json
 import logging
@@ -63,15 +64,15 @@ class Config:
     duration: float = 10.0
     warmup: float = 3.0
     repeats: int = 3  # runs at max load per design (the median is reported)
+    isolate: bool = True  # fresh workers for unique users' max load and for memory (smoke: one worker)
     connections: int = 50
     fractions: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9])
-    memory_keys: int = 20_000
+    memory_keys: int = 10_000
     recovery_keys: int = 1_000_000
     recovery_timeout: float = 900.0
     replication_duration: float = 15.0
     replication_load: float = 0.1  # total offered to the three workers, as a fraction of the ceiling
     drain_timeout: float = 120.0  # how long to wait for a worker's Kafka writes to stop after a run
-    memory_load: float = 0.05  # offered while touching the memory phase's users, as a fraction of the ceiling
     partitions: int = 8
     pin: bool = True
     profile: bool = True
@@ -80,7 +81,7 @@ class Config:
 
     @classmethod
     def smoke_mode(cls, **kw) -> "Config":
-        return cls(smoke=True, duration=1.0, warmup=0.0, repeats=1, fractions=[0.5], memory_keys=1_000,
+        return cls(smoke=True, duration=1.0, warmup=0.0, repeats=1, isolate=False, fractions=[0.5], memory_keys=1_000,
                    recovery_keys=1_000, recovery_timeout=120.0, replication_duration=1.0, profile=False,
                    drain_timeout=2.0, **kw)
 
@@ -161,6 +162,16 @@ class Bench:
             log(f"  {target:12s} {scenario:6s} median of {len(runs)}: {runs[median].rps:,.0f} req/s")
         return runs[median]
 
+    def idle_cpu(self, target: str) -> None:
+        """Share of a core each measured process uses with no request at all (timers, Kafka fetch loops)."""
+        seconds = 1.0 if self.cfg.smoke else 5.0
+        pids = dict(self.cpu_pids)
+        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        time.sleep(seconds)
+        idle = {name: (cpu_seconds(pid) - before[name]) / seconds for name, pid in pids.items()}
+        self.results.setdefault("idle_cpu", {})[target] = idle
+        log(f"  {target}: idle CPU " + ", ".join(f"{name} {x * 100:.0f}%" for name, x in idle.items()))
+
     def warm(self, port: int, target: str) -> None:
         if self.cfg.warmup > 0:
             self.wrk(port, target, "hot", duration=self.cfg.warmup, record=False)
@@ -171,17 +182,27 @@ class Bench:
         first; stops at the first one the target could not sustain (every higher one would not
         either): wrk could not offer it (saturated), or the worker's Kafka writes went on
         for more than ``BACKLOG_SECONDS`` after the load (a backlog that grows while it lasts)."""
-        for frac in self.cfg.fractions:
-            run = self.wrk(port, target, scenario, rate=frac * base, kafka_app=kafka_app, kafka_workers=kafka_workers)
+        def kept_up(rate: float) -> bool:
+            run = self.wrk(port, target, scenario, rate=rate, kafka_app=kafka_app, kafka_workers=kafka_workers)
             entry = self.results["runs"][-1]
-            backlog = "kafka" in entry and entry["kafka"]["drain_seconds"] > BACKLOG_SECONDS
-            entry["backlog"] = backlog
-            if run.saturated or backlog:
-                why = "saturated at a lower load" if run.saturated else "Kafka backlog at a lower load"
-                for rest in self.cfg.fractions[self.cfg.fractions.index(frac) + 1:]:
-                    self.results["runs"].append({"target": target, "scenario": scenario, "offered": rest * base,
-                                                 "skipped": why})
-                break
+            entry["backlog"] = "kafka" in entry and entry["kafka"]["drain_seconds"] > BACKLOG_SECONDS
+            return not (run.saturated or entry["backlog"])
+
+        for i, frac in enumerate(self.cfg.fractions):
+            if kept_up(frac * base):
+                continue
+            why = "saturated" if self.results["runs"][-1]["saturated"] else "Kafka backlog"
+            for rest in self.cfg.fractions[i + 1:]:
+                self.results["runs"].append({"target": target, "scenario": scenario, "offered": rest * base,
+                                             "skipped": f"{why} at a lower load"})
+            if i == 0:
+                # not even the lowest load: halve it until one is kept up with (at most 3 times)
+                rate = frac * base
+                for _ in range(3 if self.cfg.isolate else 0):
+                    rate /= 2
+                    if kept_up(rate):
+                        break
+            break
 
     def profile_run(self, pid: int, port: int, target: str, scenario: str, name: str, rate: float = 0.0) -> None:
         """py-spy on ``pid`` during one wrk run (not recorded: sampling costs the target a little)."""
@@ -220,6 +241,7 @@ class Bench:
             wait_http(port, "/healthz", 30, proc)
             self.cpu_pids = {"server": proc.pid}
             self.warm(port, "ceiling")
+            self.idle_cpu("ceiling")
             base = self.max_load(port, "ceiling", "unique").rps
             self.sweep(port, "ceiling", "unique", base)
             if self.cfg.profile:
@@ -246,6 +268,7 @@ class Bench:
             wait_http(port, "/healthz", 30, app)
             self.cpu_pids = {"server": app.pid, "store": redis.pid}
             self.warm(port, "redis")
+            self.idle_cpu("redis")
             base = self.ceiling
             for scenario in ("unique", "hot"):
                 self.max_load(port, "redis", scenario)
@@ -357,35 +380,60 @@ class Bench:
             last = now
         return last
 
-    def phase_worker(self) -> None:
-        log("phase 3/5: bucketstream /protected, one worker")
-        p = self.pool("single")
+    @contextlib.contextmanager
+    def fresh_worker(self, tag: str):
+        """One new worker of a new app (fresh table, empty topics), pinned to the server's CPU."""
+        p = self.pool(tag)
         try:
             (w,) = p.start(1)
             pin(w.proc.pid, self.server_cpus)
-            app_id, base = p.app_id, self.ceiling
+            yield p.app_id, w
+        finally:
+            self.cpu_pids = {}
+            self.stop_pool(p)
+
+    def measure_cpu_of(self, w) -> None:
+        self.cpu_pids = {"server": w.proc.pid}
+        broker_pid = self.broker_pid()
+        if broker_pid:
+            self.cpu_pids["store"] = broker_pid
+
+    def phase_worker(self) -> None:
+        """Three fresh workers in turn, so that a Kafka backlog one run leaves behind (unique users
+        beyond what the worker sustains) never reaches the next measurement."""
+        log("phase 3/5: bucketstream /protected, one worker")
+        base = self.ceiling
+        with contextlib.ExitStack() as stack:
+            app_id, w = stack.enter_context(self.fresh_worker("single"))
             self.results["meta"]["worker_app_id"] = app_id
             self.results["memory"]["rss_empty_worker"] = rss_bytes(w.proc.pid)
-            self.phase_memory(w, self.cfg.memory_load * base)
-            self.cpu_pids = {"server": w.proc.pid}
-            broker_pid = self.broker_pid()
-            if broker_pid:
-                self.cpu_pids["store"] = broker_pid
+            self.measure_cpu_of(w)
             self.warm(w.port, "bucketstream")
             self.settle(w)
-            # the hot user first, and unique users' max load last: it can leave a Kafka backlog
-            # behind it that would disturb whatever runs next
+            self.idle_cpu("bucketstream")
             k = {"kafka_app": app_id, "kafka_workers": [w]}
             self.max_load(w.port, "bucketstream", "hot", **k)
             self.sweep(w.port, "bucketstream", "hot", base, **k)
             self.sweep(w.port, "bucketstream", "unique", base, **k)
-            # once: its backlog would carry over into a repeat
+            if self.cfg.isolate:
+                stack.close()
+                log("  unique users at max load, on a fresh worker (it may leave a backlog behind)")
+                app_id, w = stack.enter_context(self.fresh_worker("unique-max"))
+                self.warm(w.port, "bucketstream")
+                self.settle(w)
+                self.measure_cpu_of(w)
+            k = {"kafka_app": app_id, "kafka_workers": [w]}
             self.max_load(w.port, "bucketstream", "unique", repeats=1, **k)
             self.cpu_pids = {}
-        finally:
-            self.stop_pool(p)
-        if self.cfg.profile:
-            self.profile_worker()
+            # memory and profiles at a unique-user load the worker kept up with (half of it)
+            ok, failed = report.sustained(self.results, "bucketstream", "unique")
+            rate = ok / 2 if ok else (failed or self.cfg.fractions[0] * base) / 4
+            if self.cfg.isolate:
+                stack.close()
+                app_id, w = stack.enter_context(self.fresh_worker("memory"))
+            self.phase_memory(w, rate)
+            if self.cfg.profile:
+                self.profile_worker(w, rate)
 
     def phase_memory(self, w, rate: float) -> None:
         """RSS and RocksDB growth of a fresh worker while N new users each take one token."""
@@ -395,7 +443,7 @@ class Bench:
         rss0, disk0 = rss_bytes(w.proc.pid), dir_bytes(w.data_dir)
         run = self.wrk(w.port, "bucketstream", "unique", duration=n / rate * 1.1 + 1, rate=rate, space=n,
                        limit=n + self.cfg.connections, prefix=self.prefix("mem"), record=False)
-        s0 = self.settle(w, timeout=120)
+        s0 = self.settle(w, timeout=self.cfg.drain_timeout)
         keys1 = self.table_settled(w)
         s = stats(w)
         rss1, disk1 = rss_bytes(w.proc.pid), dir_bytes(w.data_dir)
@@ -404,29 +452,20 @@ class Bench:
             "keys_added": added, "keys_before": keys0, "cached_keys": s["cached_keys"], "rate": run.rps,
             "rss_before": rss0, "rss_after": rss1, "rss_per_key": (rss1 - rss0) / max(added, 1),
             "disk_before": disk0, "disk_after": disk1, "disk_per_key": (disk1 - disk0) / max(added, 1),
-            "cache_limit": 200_000, "own_unreflected_after": s0["own_unreflected_keys"],
+            "cache_limit": 200_000, "own_unreflected_after": s0["own_unreflected_keys"], "touched": n,
         })
         m = self.results["memory"]
         log(f"  memory: +{added:,} keys: RSS +{m['rss_per_key']:.0f} B/key, RocksDB dir +{m['disk_per_key']:.0f} B/key")
 
-    def profile_worker(self) -> None:
-        """Profiles of a fresh worker (the measured one may have a backlog): hot user, then unique users."""
-        log("  profiles (py-spy) of a fresh worker at max load")
-        p = self.pool("profile")
-        try:
-            (w,) = p.start(1)
-            pin(w.proc.pid, self.server_cpus)
-            self.warm(w.port, "bucketstream")
-            self.profile_run(w.proc.pid, w.port, "bucketstream", "hot", "(2) bucketstream worker, hot user, max load")
-            # where a unique-user load the worker keeps up with spends its time (Kafka's share per
-            # request); then max load, last, as it leaves a backlog behind
-            rate = self.cfg.memory_load * self.ceiling
-            self.profile_run(w.proc.pid, w.port, "bucketstream", "unique",
-                             f"(2) bucketstream worker, unique users, {rate:,.0f} req/s offered", rate=rate)
-            self.profile_run(w.proc.pid, w.port, "bucketstream", "unique",
-                             "(2) bucketstream worker, unique users, max load")
-        finally:
-            self.stop_pool(p)
+    def profile_worker(self, w, rate: float) -> None:
+        """Profiles: hot user at max load; unique users at a load the worker keeps up with (Kafka's
+        share per request), then at max load (last: it leaves a backlog behind)."""
+        log("  profiles (py-spy)")
+        self.profile_run(w.proc.pid, w.port, "bucketstream", "hot", "(2) bucketstream worker, hot user, max load")
+        self.profile_run(w.proc.pid, w.port, "bucketstream", "unique",
+                         f"(2) bucketstream worker, unique users, {rate:,.0f} req/s offered", rate=rate)
+        self.profile_run(w.proc.pid, w.port, "bucketstream", "unique",
+                         "(2) bucketstream worker, unique users, max load")
 
     def phase_replication(self) -> None:
         log("phase 4/5: replication delay, three workers under load")
@@ -695,7 +734,7 @@ def parse(argv: list[str] | None) -> Config:
     ap.add_argument("--repeats", type=int, help="runs at max load per design, median reported (default 3; smoke 1)")
     ap.add_argument("--fractions", help="offered loads as fractions of the ceiling, comma-separated "
                                         "(default 0.05,0.1,0.2,0.3,0.5,0.7,0.9)")
-    ap.add_argument("--memory-keys", type=int, help="new users touched to measure memory per bucket (default 20000)")
+    ap.add_argument("--memory-keys", type=int, help="new users touched to measure memory per bucket (default 10000)")
     ap.add_argument("--recovery-keys", type=int, help="keys in the changelog to recover (default 1000000)")
     ap.add_argument("--phases", help=f"comma-separated subset of {','.join(PHASES)} (the ceiling always runs first "
                                      "when a later phase needs its throughput)")

@@ -68,6 +68,7 @@ class Limiter:
         self._own: dict[bytes, BucketState] = {}  # states the replica does not reflect yet
         self._dirty: dict[bytes, float] = {}  # key -> first admission since the last flush
         self._inflight: dict[bytes, deque[Flushed]] = {}  # flushed, not yet seen in the replica
+        self._resent: dict[bytes, tuple[float, float]] = {}  # key -> (last resend, next wait)
         self.delays: deque[float] = deque(maxlen=256)  # recent replication delays, seconds
         self.live_workers = 1  # workers in the consumer group, refreshed by a timer
         self._delay_estimate = 0.1
@@ -158,11 +159,19 @@ class Limiter:
         A send can fail while the broker is away; the join is idempotent, so
         sending the same whole state again is always safe.
         """
+        # Measured from the last resend, with the wait doubling each time: a
+        # backlog in Kafka (not a lost send) must not be multiplied by resends.
         n = 0
         for key, batches in self._inflight.items():
-            if batches and now - batches[-1].first_admit > self._resend_after and key in self._own and key not in self._dirty:
+            if not batches or key not in self._own or key in self._dirty:
+                continue
+            last, wait = self._resent.get(key, (batches[-1].first_admit, self._resend_after))
+            if now - last > wait:
                 self._dirty[key] = batches[-1].first_admit
+                self._resent[key] = (now, min(2 * wait, 60.0))
                 n += 1
+        for key in [k for k in self._resent if k not in self._inflight]:
+            del self._resent[key]
         return n
 
     # -- replica changes -------------------------------------------------------
