@@ -78,6 +78,7 @@ class Config:
     profile: bool = True
     broker: str | None = None  # host:port of a broker to use instead of starting one
     phases: tuple[str, ...] = PHASES
+    report_only: bool = False
 
     @classmethod
     def smoke_mode(cls, **kw) -> "Config":
@@ -742,8 +743,11 @@ def parse(argv: list[str] | None) -> Config:
     ap.add_argument("--no-pin", action="store_true", help="do not pin servers and wrk to separate cores")
     ap.add_argument("--no-profile", action="store_true", help="skip the py-spy profiles")
     ap.add_argument("--profile", action="store_true", help="take the py-spy profiles (default unless --smoke)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="measure nothing: rewrite results.md, latency.png and README-summary.md from results.json")
     a = ap.parse_args(argv)
     cfg = Config.smoke_mode() if a.smoke else Config()
+    cfg.report_only = a.report_only
     if a.out:
         cfg.out = a.out.resolve()
     for name in ("duration", "connections", "repeats", "memory_keys", "recovery_keys", "broker"):
@@ -773,6 +777,16 @@ def main(argv: list[str] | None = None) -> int:
 
     def stop(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
+
+    if cfg.report_only:
+        try:
+            results = json.loads((cfg.out / "results.json").read_text())
+        except OSError as exc:
+            print(f"bench: no results to report: {exc}", file=sys.stderr)
+            return 1
+        report.write(results, cfg.out)
+        print(f"bench: rewrote {cfg.out / 'results.md'}")
+        return 0
 
     signal.signal(signal.SIGTERM, stop)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
