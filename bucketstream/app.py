@@ -64,6 +64,10 @@ class BucketApp(faust.App):
     async def on_first_start(self) -> None:
         await super().on_first_start()
         await ensure_topics(settings)
+        from bucketstream.history import sync_history
+        from bucketstream.tables import RULES
+
+        await sync_history(settings, RULES)
 
     def _new_transport(self):
         return _Transport(self.conf.broker_consumer, self)

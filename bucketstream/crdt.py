@@ -133,6 +133,7 @@ __all__ = [
     "try_consume",
     "retry_after",
     "is_full",
+    "carry_over",
     "encode",
     "decode",
 ]
@@ -380,6 +381,32 @@ def tokens(state: BucketState, rule: Rule, now: float) -> float:
 def is_full(state: BucketState, rule: Rule, now: float) -> bool:
     """True iff the bucket holds ``capacity`` tokens at ``now``; once full, full at every later time."""
     return _uncapped(state, rule, _ticks(rule, now)) >= rule._cap_units
+
+
+def carry_over(old: BucketState, old_rule: Rule, new_rule: Rule, now: float) -> BucketState:
+    """A state of ``new_rule`` that holds at ``now`` what ``old`` holds under ``old_rule``.
+
+    For a rule change: the bucket keeps its level (capped at the new
+    capacity, a debt stays a debt) and refills at the new rate from ``now``
+    on, instead of starting full. The result has no counters, only ``W``:
+    ``W = C' + r'·T' - L'``, so ``U'(now) = L'`` with ``L'`` the old level in
+    the new rule's units, rounded down (never a fraction of a unit more than
+    the old bucket held). A full old bucket carries over as the bottom (a
+    full new bucket).
+
+    Conservative under joins: ``W`` is a max-register, so two workers that
+    carry the same bucket over at different times keep the lower level (a
+    later carry-over of a bucket that was refilling gives the same ``W`` when
+    the rates are equal, and a larger one if the old bucket filled up in
+    between or the new rate is faster).
+    """
+    u_old = _uncapped(old, old_rule, _ticks(old_rule, now))
+    level = min(u_old, old_rule._cap_units)
+    target = math.floor(Fraction(level * new_rule.scale, old_rule.scale))
+    cap = new_rule._cap_units
+    if target >= cap:
+        return BOTTOM
+    return _make({}, cap + new_rule._rate_units * _ticks(new_rule, now) - target, 0)
 
 
 def _check_cost(cost: object) -> int:

@@ -34,8 +34,14 @@ own bucket).
 
 Bucket keys are text: ``<version>|<resource>|<user>``. ``version`` is a
 fingerprint of the rule's capacity and rate, so a state is never read
-against other parameters: a changed rule starts new buckets (see the README:
-a rule change currently gives its users fresh buckets).
+against other parameters.
+
+Changing a rule never hands out a fresh burst: the workers keep a history of
+each rule's versions in Kafka (``bucketstream.history``), and a bucket of the
+new version that does not exist yet starts from the level of the same user's
+bucket under the previous version (``crdt.carry_over``): what it held, capped
+at the new capacity, refilling at the new rate. Old-version buckets stay
+readable until they have been full long enough to expire.
 """
 
 from __future__ import annotations
@@ -52,6 +58,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from bucketstream.crdt import Rule
 from bucketstream.settings import ConfigError
+
+#: How many versions of each rule the history keeps.
+HISTORY_LENGTH = 8
 
 RESOURCE_RE = re.compile(r"^[A-Za-z0-9._~-]{1,64}$")
 DEFAULT_POLICY = "default"
@@ -115,6 +124,15 @@ class UnknownResource(LookupError):
     pass
 
 
+def recorded_until(versions: list[dict], version: str) -> float | None:
+    """When ``version`` was replaced, from a policy's recorded versions."""
+    for entry in versions:
+        if entry.get("version") == version:
+            until = entry.get("until")
+            return float(until) if isinstance(until, (int, float)) else None
+    return None
+
+
 class Rules:
     """Resolves (user, resource) to a Policy and a bucket key. Pure, no I/O after loading."""
 
@@ -129,6 +147,8 @@ class Rules:
         self.by_version: dict[str, Policy] = {}
         for p in self.all_policies():
             self.by_version.setdefault(p.version, p)
+        # (policy name, version) -> (the version before it, when it was replaced)
+        self._previous: dict[tuple[str, str], tuple[Policy, float]] = {}
 
     def all_policies(self) -> list[Policy]:
         out = [self.default, *self.resources.values()]
@@ -175,6 +195,62 @@ class Rules:
         except ValueError:
             return None
         return self.by_version.get(version)
+
+    # -- rule history ----------------------------------------------------------------
+    def versions_to_record(self, recorded: dict[str, list[dict]], now: float) -> dict[str, list[dict]]:
+        """The history entries to write: for each policy whose current version is not
+        the latest recorded one, its versions with this one appended (and the one it
+        replaces marked ``until`` now). ``recorded``: policy name -> versions, oldest first."""
+        out: dict[str, list[dict]] = {}
+        for p in self.all_policies():
+            versions = list(recorded.get(p.name, []))
+            if versions and versions[-1].get("version") == p.version:
+                continue
+            versions = [v for v in versions if v.get("version") != p.version]  # a rollback moves it to the end
+            if versions:
+                versions[-1] = {**versions[-1], "until": versions[-1].get("until") or now}
+            versions.append({"version": p.version, "capacity": p.rule.capacity, "rate": p.rule.rate,
+                             "until": None})
+            out[p.name] = versions[-HISTORY_LENGTH:]
+        return out
+
+    def adopt_history(self, recorded: dict[str, list[dict]]) -> None:
+        """Learn the earlier versions of the current rules (entries that do not
+        rebuild to their recorded version are ignored)."""
+        for p in self.all_policies():
+            older: Policy | None = None
+            for entry in recorded.get(p.name, []):
+                try:
+                    policy = Policy.build(p.name, entry["capacity"], entry["rate"], p.shadow)
+                except (KeyError, TypeError, ValueError):
+                    older = None
+                    continue
+                if policy.version != entry.get("version"):
+                    older = None
+                    continue
+                if older is not None and entry.get("version") != older.version:
+                    until = recorded_until(recorded[p.name], older.version)
+                    if until is not None:
+                        self._previous[(p.name, policy.version)] = (older, until)
+                self.by_version.setdefault(policy.version, policy)  # old buckets expire by their own rule
+                older = policy
+
+    def predecessor(self, key: bytes) -> tuple[bytes, Policy, Policy, float] | None:
+        """For a bucket key: the key of the same bucket under the rule's previous
+        version, that version's policy, the key's own policy, and when the previous
+        version was replaced; None if the rule has no recorded previous version."""
+        if not self._previous:
+            return None
+        try:
+            version, resource, user = self.parse_key(key)
+            name = self.policy(user, resource).name
+        except (ValueError, UnknownResource):
+            return None
+        found = self._previous.get((name, version))
+        if found is None:
+            return None
+        older, until = found
+        return self.key(older, user, resource), older, self.by_version[version], until
 
     # -- loading -------------------------------------------------------------------
     @classmethod

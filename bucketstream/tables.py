@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import time
 
+from aiokafka.partitioner import murmur2
 from faust.types import EventT
 
-from bucketstream import metrics
+from bucketstream import crdt, metrics
 from bucketstream.app import SLOT, app, settings
-from bucketstream.local import Limiter
+from bucketstream.local import BOTTOM, Limiter
 from bucketstream.rules import Rules
 
 #: The rules every decision resolves against (validated at start-up).
@@ -44,8 +45,47 @@ buckets = app.Table(
 )
 
 
+def partition_for(key: bytes) -> int:
+    """Kafka's default partitioner, as the producer and the table use it."""
+    return (murmur2(key) & 0x7FFFFFFF) % settings.partitions
+
+
+def read_stored(key: bytes) -> bytes | None:
+    """The stored value of ``key`` in this worker's replica: one RocksDB point read
+    in the key's own partition (Faust's ``Table.get`` outside an agent tries every
+    partition's store, each with a bloom-filter probe and a read)."""
+    db = buckets.data._dbs.get(partition_for(key))
+    if db is None:  # partition not opened yet: let Faust look
+        return buckets.get(key)
+    return db.get(key)
+
+
 def _read(key: bytes) -> bytes | None:
-    return buckets.get(key)
+    """The replica read behind the limiter's cache (only on a cache miss).
+
+    A key that is absent but whose rule has a recorded previous version starts
+    from the level of the same bucket under that version (``crdt.carry_over``),
+    so a rule change never hands out a fresh burst. The previous version's
+    bucket is read through the limiter (this worker's whole view of it, peers'
+    unmerged spending included; a chain of changes carries over step by step).
+    Once the previous version was replaced longer ago than its buckets take to
+    expire, there is nothing left to carry and no extra read is made.
+    """
+    raw = read_stored(key)
+    if raw is not None:
+        return raw
+    found = RULES.predecessor(key)
+    if found is None:
+        return None
+    old_key, old_policy, policy, replaced = found
+    now = time.time()
+    if now - replaced > max(settings.expire_after, old_policy.rule.capacity / old_policy.rule.rate):
+        return None
+    old = limiter.view(old_key)
+    if old == BOTTOM:
+        return None
+    carried = crdt.carry_over(old, old_policy.rule, policy.rule, now)
+    return None if carried == BOTTOM else crdt.encode(carried)
 
 
 limiter = Limiter(SLOT, _read, on_delay=metrics.REPLICATION_DELAY.observe)

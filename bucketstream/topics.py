@@ -2,7 +2,7 @@
 
 The local broker has topic auto-creation off, and an auto-created topic would
 get the wrong partition count or cleanup policy anyway. So the worker creates
-its two topics itself at first start, and refuses to run against existing
+its topics itself at first start, and refuses to run against existing
 ones that are partitioned differently (the table and the update topic must be
 co-partitioned, or a bucket's updates would reach the wrong owner).
 """
@@ -29,6 +29,11 @@ def changelog_topic(settings: Settings) -> str:
     return f"{settings.app_id}-buckets-changelog"
 
 
+def rules_topic(settings: Settings) -> str:
+    """Each rule's versions (``bucketstream.history``): one partition, compacted, keyed by rule name."""
+    return f"{settings.app_id}-rules"
+
+
 def wanted(settings: Settings) -> list[NewTopic]:
     common = {"min.insync.replicas": str(min(2, settings.topic_replication))}
     return [
@@ -37,6 +42,8 @@ def wanted(settings: Settings) -> list[NewTopic]:
         NewTopic(changelog_topic(settings), settings.partitions, settings.topic_replication,
                  topic_configs={"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1",
                                 "delete.retention.ms": "60000", "segment.ms": "600000", **common}),
+        NewTopic(rules_topic(settings), 1, settings.topic_replication,
+                 topic_configs={"cleanup.policy": "compact", **common}),
     ]
 
 

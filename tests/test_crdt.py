@@ -37,6 +37,7 @@ from bucketstream.crdt import (
     CodecError,
     Decision,
     Rule,
+    carry_over,
     decode,
     encode,
     exact,
@@ -648,3 +649,56 @@ def test_states_pickle_and_repr_round_trip(s):
 
     assert pickle.loads(pickle.dumps(s)) == s
     assert eval(repr(s), {"BucketState": BucketState}) == s
+
+
+# -- carrying a bucket over to a changed rule ---------------------------------------
+
+
+def exact_uncapped(state: BucketState, rule: Rule, ticks: int) -> Fraction:
+    """U in tokens, from the rule's public fields, in exact arithmetic."""
+    return exact(rule.capacity) + exact(rule.rate) * Fraction(ticks, US) - state.consumed \
+        - Fraction(state.wasted, rule.scale)
+
+
+@given(States, LivelyRules, LivelyRules, Ticks)
+def test_a_carried_bucket_keeps_its_level_never_more(old, old_rule, new_rule, t):
+    """A rule change never hands out a fresh burst: at the change the new bucket
+    holds what the old one held (capped at the new capacity), rounded down by
+    less than one of the new rule's units."""
+    level = min(exact(new_rule.capacity), exact(old_rule.capacity), exact_uncapped(old, old_rule, t))
+    carried = carry_over(old, old_rule, new_rule, at(t))
+    if level >= exact(new_rule.capacity):
+        assert carried == BOTTOM
+        return
+    assert carried.consumed == 0 and carried.counters == {}
+    u = exact_uncapped(carried, new_rule, t)
+    assert level - Fraction(1, new_rule.scale) < u <= level
+    assert tokens(carried, new_rule, at(t)) <= max(tokens(old, old_rule, at(t)), 0) or u < 0
+
+
+@given(States, LivelyRules, LivelyRules, Ticks, st.integers(0, 10**9))
+def test_a_carried_bucket_refills_at_the_new_rate(old, old_rule, new_rule, t, dt):
+    carried = carry_over(old, old_rule, new_rule, at(t))
+    expected = min(exact(new_rule.capacity), exact_uncapped(carried, new_rule, t) + exact(new_rule.rate) * Fraction(dt, US))
+    assert exact_uncapped(carried, new_rule, t + dt) >= expected or expected == exact(new_rule.capacity)
+    assert math.isclose(tokens(carried, new_rule, at(t + dt)), float(expected), rel_tol=1e-9, abs_tol=1e-6)
+
+
+@given(States, LivelyRules, LivelyRules, Ticks, st.integers(0, 10**8), st.integers(1, 10**6))
+def test_carrying_over_later_never_gives_more_when_the_old_bucket_is_untouched(old, old_rule, new_rule, t, dt, k):
+    """Two workers carry the same old bucket over at different times: the join
+    holds no more than either at any later time (W is a max-register)."""
+    early = carry_over(old, old_rule, new_rule, at(t))
+    late = carry_over(old, old_rule, new_rule, at(t + dt))
+    both = join(early, late)
+    later = at(t + dt + k)
+    assert tokens(both, new_rule, later) <= min(tokens(early, new_rule, later), tokens(late, new_rule, later))
+    if old_rule.rate == new_rule.rate and not is_full(old, old_rule, at(t + dt)):
+        # the old bucket refilled at the same rate in between: both carry the same W
+        assert abs(early.wasted - late.wasted) <= new_rule.scale
+
+
+@given(States, LivelyRules, LivelyRules, Ticks)
+def test_carried_states_round_trip_through_the_codec(old, old_rule, new_rule, t):
+    carried = carry_over(old, old_rule, new_rule, at(t))
+    assert decode(encode(carried)) == carried
