@@ -555,6 +555,7 @@ class Bench:
                 "rss_after": rss_bytes(w.proc.pid), "disk_after": dir_bytes(w.data_dir),
                 "rss_empty_worker": self.results["memory"].get("rss_empty_worker"),
                 "timeout": self.cfg.recovery_timeout,
+                "bulk_recovery": s.get("bulk_recovery"),  # what bucketstream/recovery.py loaded, and how fast
             }
             if ready is None:
                 log(f"  NOT ready within {self.cfg.recovery_timeout:.0f}s")

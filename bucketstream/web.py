@@ -18,7 +18,7 @@ from aiohttp import web as aioweb
 from aiokafka.partitioner import murmur2
 from faust.web import Request, View
 
-from bucketstream import crdt, metrics
+from bucketstream import crdt, metrics, recovery
 from bucketstream.app import SLOT, app, settings
 from bucketstream.rules import Policy, Rules, UnknownResource
 from bucketstream.validate import BadRequest, check_key, check_resource, parse_user
@@ -220,6 +220,7 @@ class Stats(View):
                 "replication_delay": _summary(delays),
                 "update_lag": _summary(list(limiter.update_lags)),
                 "changelog_lag": _summary(list(limiter.changelog_lags)),
+                "bulk_recovery": recovery.STATS.as_dict(),
             }
         )
 
