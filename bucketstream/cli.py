@@ -91,7 +91,13 @@ def worker(**options) -> None:
     from faust import Worker
 
     os.makedirs(settings.data_dir, exist_ok=True)
-    Worker(app, loglevel=settings.log_level.upper(), quiet=True).execute_from_commandline()
+    w = Worker(app, loglevel=settings.log_level.upper(), quiet=True)
+    # No terminal spinner: at a log level of WARNING or above Faust would add a
+    # spinner handler and set the root logger to DEBUG (faust/worker.py,
+    # _setup_spinner_handler), so every log.debug of aiokafka, mode and Faust
+    # built a LogRecord: 3 % of a hot-user worker's CPU, 11 % under unique users.
+    w.spinner = None
+    w.execute_from_commandline()
 
 
 # -- looking at buckets ---------------------------------------------------------------------
