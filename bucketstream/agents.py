@@ -14,8 +14,9 @@ import asyncio
 import logging
 import time
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.partitioner import murmur2
 
 from bucketstream import crdt, metrics
 from bucketstream.app import FETCH_MAX_WAIT_MS, app, settings
@@ -189,20 +190,93 @@ async def refresh_worker_count() -> None:
         log.debug("could not count the workers: %s", exc)
 
 
-@app.timer(settings.flush_interval)
+limiter.max_unconfirmed = settings.max_unconfirmed_keys
+
+#: How long the producer keeps trying one batch (broker away) before it gives
+#: up; the keys are then sent again with the next flush (Limiter.on_sent).
+PUBLISH_TIMEOUT_MS = 30_000
+
+
+def partition_of(key: bytes) -> int:
+    """Kafka's default partitioner, as the table and the update topic's other producers use it."""
+    return (murmur2(key) & 0x7FFFFFFF) % settings.partitions
+
+
+@app.task
 async def flush_deltas() -> None:
-    """Publish this worker's whole state once per touched key per interval."""
+    """Publish this worker's whole state once per touched key per flush interval.
+
+    Straight through a dedicated aiokafka producer, one record batch per
+    partition per flush (not Faust's one-message-at-a-time producer buffer);
+    each batch's send future says whether Kafka has it (``acks=all``), and a
+    failed batch's keys go out again with the next flush.
+    """
+    topic = updates.get_topic_name()
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap_servers(settings),
+        client_id=f"{settings.node_id}-publisher",
+        acks="all",
+        linger_ms=0,
+        request_timeout_ms=PUBLISH_TIMEOUT_MS,
+    )
+    await producer.start()
+    try:
+        while True:
+            await asyncio.sleep(settings.flush_interval)
+            await _publish(producer, topic)
+    finally:
+        await producer.stop()
+
+
+async def _publish(producer: AIOKafkaProducer, topic: str) -> None:
     batch = limiter.take_dirty()
+    if not batch:
+        return
     metrics.DELTAS_FLUSHED.inc(len(batch))
+    by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
     for key, data in batch:
-        # into the producer's buffer, no waiting; if it never arrives (broker
-        # away), resend_unconfirmed sends the then-current state again
-        updates.send_soon(key=key, value=data)
+        by_partition.setdefault(partition_of(key), []).append((key, data))
+    await asyncio.gather(*(_send_partition(producer, topic, p, records) for p, records in by_partition.items()))
+
+
+async def _send_partition(producer: AIOKafkaProducer, topic: str, partition: int,
+                          records: list[tuple[bytes, bytes]]) -> None:
+    """Append the records to as few batches as they fit in; never raises (failures resend)."""
+    i = 0
+    while i < len(records):
+        builder = producer.create_batch()
+        keys = []
+        while i < len(records) and builder.append(key=records[i][0], value=records[i][1], timestamp=None):
+            keys.append(records[i][0])
+            i += 1
+        if not keys:  # a record larger than an empty batch: aiokafka's max_batch_size is far above ours
+            keys.append(records[i][0])
+            i += 1
+            limiter.on_sent(keys, True, time.time())
+            log.error("state of key %r does not fit a record batch", keys[0])
+            continue
+        try:
+            future = await producer.send_batch(builder, topic, partition=partition)
+        except Exception as exc:  # noqa: BLE001 - no room for it within the timeout: resend
+            log.warning("could not queue %d update(s) for %s[%d]: %r; sending them again", len(keys), topic,
+                        partition, exc)
+            limiter.on_sent(keys, True, time.time())
+            continue
+        future.add_done_callback(lambda f, keys=keys: _sent(f, keys))
+
+
+def _sent(future: asyncio.Future, keys: list[bytes]) -> None:
+    failed = future.cancelled() or future.exception() is not None
+    if failed:
+        metrics.PUBLISH_FAILURES.inc(len(keys))
+        log.warning("publishing %d update(s) failed: %r; sending them again", len(keys),
+                    None if future.cancelled() else future.exception())
+    limiter.on_sent(keys, failed, time.time())
 
 
 @app.timer(1.0)
 async def resend_unconfirmed() -> None:
-    """Send again what the table has not shown after a while (broker was away)."""
+    """The safety net: send again what Kafka acknowledged but never showed (see Limiter.resend_stale)."""
     limiter.resend_stale(time.time())
 
 

@@ -30,7 +30,8 @@ class _DecisionCollector:
 
 
 _DECISIONS_HELP = ("Decisions on /protected by policy and outcome "
-                   "(allowed, refused, shadow_refused: refused by a shadow rule but let through)")
+                   "(allowed, refused, shadow_refused: refused by a shadow rule but let through, "
+                   "overloaded: a new key answered 503 while too many admissions wait for Kafka)")
 REGISTRY.register(_DecisionCollector())
 
 #: the decision-latency histogram observes one decision in this many (web.protect)
@@ -43,6 +44,8 @@ BAD_REQUESTS = Counter("bucketstream_bad_requests", "Requests refused with a 4xx
                        registry=REGISTRY)
 DELTAS_FLUSHED = Counter("bucketstream_deltas_flushed", "Whole states this worker published to the update topic",
                          registry=REGISTRY)
+PUBLISH_FAILURES = Counter("bucketstream_publish_failures", "Whole states whose send to the update topic failed "
+                           "(they are sent again with the next flush)", registry=REGISTRY)
 UPDATES_MERGED = Counter("bucketstream_updates_merged", "Update-topic messages the merge agent handled, by result",
                          ["result"], registry=REGISTRY)
 PEER_STATES = Counter("bucketstream_peer_states", "States joined into the local view from the update topic",

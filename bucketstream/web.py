@@ -131,6 +131,11 @@ def not_ready() -> aioweb.Response:
     return error(503, "tables are recovering; try again shortly", {"Retry-After": "1"})
 
 
+def overloaded() -> aioweb.Response:
+    return error(503, "this worker has too many admissions Kafka has not confirmed yet; try again shortly",
+                 {"Retry-After": "1"})
+
+
 BURST_CAP = settings.burst_cap
 #: The decision-latency histogram times 1 decision in this many (two clock reads and a
 #: locked observe per request cost more than the decision they measure).
@@ -156,6 +161,9 @@ def protect(request, resource: str | None) -> aioweb.Response:
     if not tables_ready():
         return not_ready()
     key = Rules.key(policy, user, resource)
+    if not limiter.accepts(key):
+        metrics.decision(policy.name, "overloaded")
+        return overloaded()
     _sample_tick += 1
     if _sample_tick % DECISION_SAMPLE:
         decision = limiter.decide(key, policy.rule, time.time(), capped=BURST_CAP)
@@ -276,6 +284,7 @@ class Stats(View):
                 },
                 "active_keys": len(buckets) if ready else None,
                 "own_unreflected_keys": limiter.own_keys,
+                "pending_sends": limiter.pending_sends,
                 "live_workers": limiter.live_workers,
                 "burst_cap": {"enabled": BURST_CAP, "default_rule": _finite(limiter.burst_cap(RULES.default.rule))},
                 "cached_keys": limiter.cached_keys,

@@ -342,3 +342,32 @@ def test_health_readiness_and_metrics(worker):
                  "bucketstream_deltas_flushed_total", "bucketstream_updates_merged_total",
                  "bucketstream_replication_delay_seconds_bucket", "bucketstream_keys", "bucketstream_ready 1.0"]:
         assert name.encode() in text, name
+
+
+@pytest.mark.broker
+def test_back_pressure_503_for_new_keys_while_kafka_has_not_confirmed(pool, broker):
+    """With the broker frozen nothing this worker admits is confirmed: past
+    max_unconfirmed_keys new users get 503 JSON + Retry-After: 1, users it holds
+    state of are still decided, and once Kafka is back new users are admitted again."""
+    import json
+    import os
+    import signal
+
+    from tests.cluster import wait_until
+
+    (w,) = pool.start(1, max_unconfirmed_keys=3)
+    pid = int((broker.state_dir / "pid").read_text())
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        answers = [w.protected(f"new-{i}") for i in range(5)]
+        assert [s for s, _, _ in answers] == [200, 200, 200, 503, 503]
+        _, headers, body = answers[3]
+        assert headers["Retry-After"] == "1" and "Kafka has not confirmed" in body["error"]
+        assert w.protected("new-0")[0] == 200  # a key it holds state of
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_until(lambda: json.loads(w.request("GET", "/stats")[2])["own_unreflected_keys"] == 0, 30, 0.1,
+               "the backlog confirmed")
+    assert w.protected("new-9")[0] == 200
+    metrics = w.request("GET", "/metrics")[2].decode()
+    assert 'bucketstream_decisions_total{outcome="overloaded",policy="default"} 2.0' in metrics
