@@ -13,13 +13,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import murmur2
+from faust.streams import _current_event
 
 from bucketstream import crdt, metrics
-from bucketstream.app import FETCH_MAX_WAIT_MS, app, settings
+from bucketstream.app import FETCH_MAX_WAIT_MS, PREFETCH_BACKOFF, app, settings
 from bucketstream.tables import RULES, buckets, limiter, mark_peer_feed_ready
 from bucketstream.topics import bootstrap_servers
 
@@ -65,20 +67,30 @@ def apply_update(key: bytes, value: bytes | None, now: float) -> str:
     """Apply one message from the update topic to the table; returns what it did."""
     if not value:
         return "ignored"
-    current_raw = buckets.get(key)
     if value == EXPIRE:
-        if current_raw is None:
-            return "absent"
-        policy = RULES.policy_for_key(key)
-        # a key of a rule version no current rule has is never read again: drop it
-        if policy is not None and not is_stale(key, crdt.decode(current_raw), now):
-            return "kept"  # touched since the sweep looked: not idle after all
-        del buckets[key]
-        limiter.on_replica_changed(key, None, now)
-        return "expired"
+        return apply_expire(key, now)
     delta = crdt.decode(value)
     if is_stale(key, delta, now):
         return "stale"
+    return merge_state(key, delta, now)
+
+
+def apply_expire(key: bytes, now: float) -> str:
+    current_raw = buckets.get(key)
+    if current_raw is None:
+        return "absent"
+    policy = RULES.policy_for_key(key)
+    # a key of a rule version no current rule has is never read again: drop it
+    if policy is not None and not is_stale(key, crdt.decode(current_raw), now):
+        return "kept"  # touched since the sweep looked: not idle after all
+    del buckets[key]
+    limiter.on_replica_changed(key, None, now)
+    return "expired"
+
+
+def merge_state(key: bytes, delta: crdt.BucketState, now: float) -> str:
+    """Read, join, write: no await in between (the agent is the table's only writer)."""
+    current_raw = buckets.get(key)
     current = crdt.decode(current_raw) if current_raw is not None else crdt.BucketState()
     merged = crdt.join(current, delta)
     if merged == current:
@@ -89,17 +101,79 @@ def apply_update(key: bytes, value: bytes | None, now: float) -> str:
     return "merged"
 
 
+#: The merge agent takes the update topic in batches of up to this many events,
+#: or what arrived within MERGE_WITHIN seconds. States of one key within a batch
+#: are joined first, so the table (and its changelog) is written once per key per
+#: batch: three workers flushing a hot key every 10 ms make one changelog record, not three.
+MERGE_BATCH = 1000
+MERGE_WITHIN = 0.01
+
+
+def _as_current(event) -> None:
+    """Make ``event`` Faust's current event: a table write outside a stream's own
+    iteration needs one to know the changelog partition (that of the update's own
+    partition, the key's). ``take_events`` hands a list, so the agent sets it per key."""
+    _current_event.set(weakref.ref(event))
+
+
+def apply_batch(events, now: float) -> None:
+    """Apply a batch of update-topic events in log order, joining each key's states first.
+
+    An expiry request is a barrier for its key: what came before it is merged
+    before it, what came after is merged after it. Stale states are dropped one
+    by one, as ``apply_update`` would.
+    """
+    joined: dict[bytes, crdt.BucketState] = {}
+    source: dict[bytes, object] = {}  # key -> its last event (the partition Faust writes the changelog to)
+    results: dict[str, int] = {}
+
+    def count(result: str, n: int = 1) -> None:
+        results[result] = results.get(result, 0) + n
+
+    for event in events:
+        key, value = event.key, event.value
+        limiter.update_lags.append(now - event.message.timestamp)
+        if not value:
+            count("ignored")
+            continue
+        try:
+            if value == EXPIRE:
+                _as_current(event)
+                if key in joined:
+                    count(merge_state(key, joined.pop(key), now))
+                count(apply_expire(key, now))
+                continue
+            delta = crdt.decode(value)
+        except crdt.CodecError as exc:
+            count("malformed")
+            log.error("skipping malformed update for key %r at %s: %s", key, event.message.tp, exc)
+            continue
+        if is_stale(key, delta, now):
+            count("stale")
+            continue
+        source[key] = event
+        prior = joined.get(key)
+        if prior is None:
+            joined[key] = delta
+        else:
+            joined[key] = crdt.join(prior, delta)
+            count("coalesced")
+    for key, state in joined.items():
+        _as_current(source[key])
+        try:
+            count(merge_state(key, state, now))
+        except crdt.CodecError as exc:  # the table's value, not the update, is garbage
+            count("malformed")
+            log.error("table value for key %r is not a bucket state: %s", key, exc)
+    for result, n in results.items():
+        metrics.UPDATES_MERGED.labels(result).inc(n)
+
+
 @app.agent(updates)
 async def merge(stream):
-    """Join every update into the table (the table's only writer)."""
-    async for event in stream.events():
-        now = time.time()
-        limiter.update_lags.append(now - event.message.timestamp)
-        try:
-            metrics.UPDATES_MERGED.labels(apply_update(event.key, event.value, now)).inc()
-        except crdt.CodecError as exc:
-            metrics.UPDATES_MERGED.labels("malformed").inc()
-            log.error("skipping malformed update for key %r at %s: %s", event.key, event.message.tp, exc)
+    """Join every update into the table (the table's only writer), a batch at a time."""
+    async for events in stream.take_events(MERGE_BATCH, within=MERGE_WITHIN):
+        apply_batch(events, time.time())
 
 
 #: How far back a starting worker reads the update topic: deltas that the
@@ -127,6 +201,9 @@ async def peer_feed() -> None:
         value_deserializer=None,
     )
     await consumer.start()
+    fetcher = getattr(consumer, "_fetcher", None)
+    if fetcher is not None:  # as for Faust's consumer (app.py): no 100 ms hold-back of the next fetch
+        fetcher._prefetch_backoff = PREFETCH_BACKOFF
     try:
         tps = [TopicPartition(topic, p) for p in range(settings.partitions)]
         consumer.assign(tps)

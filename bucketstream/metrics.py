@@ -46,7 +46,8 @@ DELTAS_FLUSHED = Counter("bucketstream_deltas_flushed", "Whole states this worke
                          registry=REGISTRY)
 PUBLISH_FAILURES = Counter("bucketstream_publish_failures", "Whole states whose send to the update topic failed "
                            "(they are sent again with the next flush)", registry=REGISTRY)
-UPDATES_MERGED = Counter("bucketstream_updates_merged", "Update-topic messages the merge agent handled, by result",
+UPDATES_MERGED = Counter("bucketstream_updates_merged", "Update-topic messages the merge agent handled, by result "
+                         "(coalesced: joined with a later state of the same key in one batch, written once)",
                          ["result"], registry=REGISTRY)
 PEER_STATES = Counter("bucketstream_peer_states", "States joined into the local view from the update topic",
                       registry=REGISTRY)
