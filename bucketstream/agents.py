@@ -13,13 +13,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from faust.streams import _current_event
 
 from bucketstream import crdt, metrics
-from bucketstream.app import FETCH_MAX_WAIT_MS, app, settings
-from bucketstream.tables import RULES, buckets, limiter, mark_peer_feed_ready
+from bucketstream.app import FETCH_MAX_WAIT_MS, PREFETCH_BACKOFF, app, settings
+from bucketstream.tables import RULES, buckets, limiter, mark_peer_feed_ready, partition_for
 from bucketstream.topics import bootstrap_servers
 
 log = logging.getLogger(__name__)
@@ -64,20 +66,30 @@ def apply_update(key: bytes, value: bytes | None, now: float) -> str:
     """Apply one message from the update topic to the table; returns what it did."""
     if not value:
         return "ignored"
-    current_raw = buckets.get(key)
     if value == EXPIRE:
-        if current_raw is None:
-            return "absent"
-        policy = RULES.policy_for_key(key)
-        # a key of a rule version no current rule has is never read again: drop it
-        if policy is not None and not is_stale(key, crdt.decode(current_raw), now):
-            return "kept"  # touched since the sweep looked: not idle after all
-        del buckets[key]
-        limiter.on_replica_changed(key, None, now)
-        return "expired"
+        return apply_expire(key, now)
     delta = crdt.decode(value)
     if is_stale(key, delta, now):
         return "stale"
+    return merge_state(key, delta, now)
+
+
+def apply_expire(key: bytes, now: float) -> str:
+    current_raw = buckets.get(key)
+    if current_raw is None:
+        return "absent"
+    policy = RULES.policy_for_key(key)
+    # a key of a rule version no current rule has is never read again: drop it
+    if policy is not None and not is_stale(key, crdt.decode(current_raw), now):
+        return "kept"  # touched since the sweep looked: not idle after all
+    del buckets[key]
+    limiter.on_replica_changed(key, None, now)
+    return "expired"
+
+
+def merge_state(key: bytes, delta: crdt.BucketState, now: float) -> str:
+    """Read, join, write: no await in between (the agent is the table's only writer)."""
+    current_raw = buckets.get(key)
     current = crdt.decode(current_raw) if current_raw is not None else crdt.BucketState()
     merged = crdt.join(current, delta)
     if merged == current:
@@ -88,17 +100,79 @@ def apply_update(key: bytes, value: bytes | None, now: float) -> str:
     return "merged"
 
 
+#: The merge agent takes the update topic in batches of up to this many events,
+#: or what arrived within MERGE_WITHIN seconds. States of one key within a batch
+#: are joined first, so the table (and its changelog) is written once per key per
+#: batch: three workers flushing a hot key every 10 ms make one changelog record, not three.
+MERGE_BATCH = 1000
+MERGE_WITHIN = 0.01
+
+
+def _as_current(event) -> None:
+    """Make ``event`` Faust's current event: a table write outside a stream's own
+    iteration needs one to know the changelog partition (that of the update's own
+    partition, the key's). ``take_events`` hands a list, so the agent sets it per key."""
+    _current_event.set(weakref.ref(event))
+
+
+def apply_batch(events, now: float) -> None:
+    """Apply a batch of update-topic events in log order, joining each key's states first.
+
+    An expiry request is a barrier for its key: what came before it is merged
+    before it, what came after is merged after it. Stale states are dropped one
+    by one, as ``apply_update`` would.
+    """
+    joined: dict[bytes, crdt.BucketState] = {}
+    source: dict[bytes, object] = {}  # key -> its last event (the partition Faust writes the changelog to)
+    results: dict[str, int] = {}
+
+    def count(result: str, n: int = 1) -> None:
+        results[result] = results.get(result, 0) + n
+
+    for event in events:
+        key, value = event.key, event.value
+        limiter.update_lags.append(now - event.message.timestamp)
+        if not value:
+            count("ignored")
+            continue
+        try:
+            if value == EXPIRE:
+                _as_current(event)
+                if key in joined:
+                    count(merge_state(key, joined.pop(key), now))
+                count(apply_expire(key, now))
+                continue
+            delta = crdt.decode(value)
+        except crdt.CodecError as exc:
+            count("malformed")
+            log.error("skipping malformed update for key %r at %s: %s", key, event.message.tp, exc)
+            continue
+        if is_stale(key, delta, now):
+            count("stale")
+            continue
+        source[key] = event
+        prior = joined.get(key)
+        if prior is None:
+            joined[key] = delta
+        else:
+            joined[key] = crdt.join(prior, delta)
+            count("coalesced")
+    for key, state in joined.items():
+        _as_current(source[key])
+        try:
+            count(merge_state(key, state, now))
+        except crdt.CodecError as exc:  # the table's value, not the update, is garbage
+            count("malformed")
+            log.error("table value for key %r is not a bucket state: %s", key, exc)
+    for result, n in results.items():
+        metrics.UPDATES_MERGED.labels(result).inc(n)
+
+
 @app.agent(updates)
 async def merge(stream):
-    """Join every update into the table (the table's only writer)."""
-    async for event in stream.events():
-        now = time.time()
-        limiter.update_lags.append(now - event.message.timestamp)
-        try:
-            metrics.UPDATES_MERGED.labels(apply_update(event.key, event.value, now)).inc()
-        except crdt.CodecError as exc:
-            metrics.UPDATES_MERGED.labels("malformed").inc()
-            log.error("skipping malformed update for key %r at %s: %s", event.key, event.message.tp, exc)
+    """Join every update into the table (the table's only writer), a batch at a time."""
+    async for events in stream.take_events(MERGE_BATCH, within=MERGE_WITHIN):
+        apply_batch(events, time.time())
 
 
 #: How far back a starting worker reads the update topic: deltas that the
@@ -126,6 +200,9 @@ async def peer_feed() -> None:
         value_deserializer=None,
     )
     await consumer.start()
+    fetcher = getattr(consumer, "_fetcher", None)
+    if fetcher is not None:  # as for Faust's consumer (app.py): no 100 ms hold-back of the next fetch
+        fetcher._prefetch_backoff = PREFETCH_BACKOFF
     try:
         tps = [TopicPartition(topic, p) for p in range(settings.partitions)]
         consumer.assign(tps)
@@ -189,20 +266,88 @@ async def refresh_worker_count() -> None:
         log.debug("could not count the workers: %s", exc)
 
 
-@app.timer(settings.flush_interval)
+limiter.max_unconfirmed = settings.max_unconfirmed_keys
+
+#: How long the producer keeps trying one batch (broker away) before it gives
+#: up; the keys are then sent again with the next flush (Limiter.on_sent).
+PUBLISH_TIMEOUT_MS = 30_000
+
+
+@app.task
 async def flush_deltas() -> None:
-    """Publish this worker's whole state once per touched key per interval."""
+    """Publish this worker's whole state once per touched key per flush interval.
+
+    Straight through a dedicated aiokafka producer, one record batch per
+    partition per flush (not Faust's one-message-at-a-time producer buffer);
+    each batch's send future says whether Kafka has it (``acks=all``), and a
+    failed batch's keys go out again with the next flush.
+    """
+    topic = updates.get_topic_name()
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap_servers(settings),
+        client_id=f"{settings.node_id}-publisher",
+        acks="all",
+        linger_ms=0,
+        request_timeout_ms=PUBLISH_TIMEOUT_MS,
+    )
+    await producer.start()
+    try:
+        while True:
+            await asyncio.sleep(settings.flush_interval)
+            await _publish(producer, topic)
+    finally:
+        await producer.stop()
+
+
+async def _publish(producer: AIOKafkaProducer, topic: str) -> None:
     batch = limiter.take_dirty()
+    if not batch:
+        return
     metrics.DELTAS_FLUSHED.inc(len(batch))
+    by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
     for key, data in batch:
-        # into the producer's buffer, no waiting; if it never arrives (broker
-        # away), resend_unconfirmed sends the then-current state again
-        updates.send_soon(key=key, value=data)
+        by_partition.setdefault(partition_for(key), []).append((key, data))
+    await asyncio.gather(*(_send_partition(producer, topic, p, records) for p, records in by_partition.items()))
+
+
+async def _send_partition(producer: AIOKafkaProducer, topic: str, partition: int,
+                          records: list[tuple[bytes, bytes]]) -> None:
+    """Append the records to as few batches as they fit in; never raises (failures resend)."""
+    i = 0
+    while i < len(records):
+        builder = producer.create_batch()
+        keys = []
+        while i < len(records) and builder.append(key=records[i][0], value=records[i][1], timestamp=None):
+            keys.append(records[i][0])
+            i += 1
+        if not keys:  # a record larger than an empty batch: aiokafka's max_batch_size is far above ours
+            keys.append(records[i][0])
+            i += 1
+            limiter.on_sent(keys, True, time.time())
+            log.error("state of key %r does not fit a record batch", keys[0])
+            continue
+        try:
+            future = await producer.send_batch(builder, topic, partition=partition)
+        except Exception as exc:  # noqa: BLE001 - no room for it within the timeout: resend
+            log.warning("could not queue %d update(s) for %s[%d]: %r; sending them again", len(keys), topic,
+                        partition, exc)
+            limiter.on_sent(keys, True, time.time())
+            continue
+        future.add_done_callback(lambda f, keys=keys: _sent(f, keys))
+
+
+def _sent(future: asyncio.Future, keys: list[bytes]) -> None:
+    failed = future.cancelled() or future.exception() is not None
+    if failed:
+        metrics.PUBLISH_FAILURES.inc(len(keys))
+        log.warning("publishing %d update(s) failed: %r; sending them again", len(keys),
+                    None if future.cancelled() else future.exception())
+    limiter.on_sent(keys, failed, time.time())
 
 
 @app.timer(1.0)
 async def resend_unconfirmed() -> None:
-    """Send again what the table has not shown after a while (broker was away)."""
+    """The safety net: send again what Kafka acknowledged but never showed (see Limiter.resend_stale)."""
     limiter.resend_stale(time.time())
 
 

@@ -109,7 +109,7 @@ app = BucketApp(
     table_standby_replicas=64,
     stream_wait_empty=False,  # joins are idempotent: no need to drain on rebalance
     producer_acks=-1,
-    producer_linger=0.0,
+    producer_linger=0.005,
     broker_commit_interval=1.0,
     # a worker that dies (kill -9) gives up its partitions after 10 s, not 60 s
     broker_session_timeout=10.0,

@@ -57,18 +57,21 @@ class Limiter:
         *,
         cache_size: int = 200_000,
         on_delay: Callable[[float], None] | None = None,
-        resend_after: float = 2.0,
+        resend_after: float = 30.0,
+        max_unconfirmed: int = 50_000,
     ) -> None:
         self.slot = slot
         self._read_table = read_table
         self._cache_size = cache_size
         self._on_delay = on_delay or (lambda seconds: None)
         self._resend_after = resend_after
+        self.max_unconfirmed = max_unconfirmed
         self._replica: dict[bytes, BucketState] = {}  # decoded cache; BOTTOM = known absent
         self._own: dict[bytes, BucketState] = {}  # states the replica does not reflect yet
         self._dirty: dict[bytes, float] = {}  # key -> first admission since the last flush
         self._inflight: dict[bytes, deque[Flushed]] = {}  # flushed, not yet seen in the replica
         self._resent: dict[bytes, tuple[float, float]] = {}  # key -> (last resend, next wait)
+        self.pending_sends = 0  # flushed states whose send Kafka has not answered yet
         self.delays: deque[float] = deque(maxlen=256)  # recent replication delays, seconds
         self.live_workers = 1  # workers in the consumer group, refreshed by a timer
         self._delay_estimate = 0.1
@@ -92,6 +95,15 @@ class Limiter:
         own = self._own.get(key)
         replica = self.replica(key)
         return replica if own is None else join(replica, own)
+
+    def accepts(self, key: bytes) -> bool:
+        """Back-pressure: False for a key this worker holds no own state of while it holds
+        ``max_unconfirmed`` states Kafka has not shown it yet (a publishing backlog).
+
+        Keys it already holds state of keep being decided: their next flush is one
+        message whatever they spend, so they add nothing to the backlog.
+        """
+        return len(self._own) < self.max_unconfirmed or key in self._own
 
     def decide(self, key: bytes, rule: Rule, now: float, cost: int = 1, capped: bool = False) -> Decision:
         own = self._own.get(key)
@@ -151,13 +163,29 @@ class Limiter:
             out.append((key, encode(own)))
             self._inflight.setdefault(key, deque()).append(Flushed(slot_count(own, self.slot), first))
         self._dirty.clear()
+        self.pending_sends += len(out)
         return out
+
+    def on_sent(self, keys: list[bytes], failed: bool, now: float) -> None:
+        """Kafka answered the send of these keys' states (``take_dirty``): acknowledged, or
+        failed for good (the producer gave up: broker away past its timeout).
+
+        A failed key is sent again with the next flush, as its then-current whole
+        state (the join is idempotent, so a duplicate is harmless).
+        """
+        self.pending_sends -= len(keys)
+        if failed:
+            for key in keys:
+                batches = self._inflight.get(key)
+                if key in self._own and key not in self._dirty:
+                    self._dirty[key] = batches[0].first_admit if batches else now
 
     def resend_stale(self, now: float) -> int:
         """Mark keys dirty again whose flushed state has not shown up in the replica in time.
 
-        A send can fail while the broker is away; the join is idempotent, so
-        sending the same whole state again is always safe.
+        The safety net only: a send that fails is resent at once (``on_sent``);
+        this covers a state Kafka acknowledged that still never came back, after
+        ``resend_after`` (30 s by default), doubling up to 10 minutes.
         """
         # Measured from the last resend, with the wait doubling each time: a
         # backlog in Kafka (not a lost send) must not be multiplied by resends.
@@ -168,7 +196,7 @@ class Limiter:
             last, wait = self._resent.get(key, (batches[-1].first_admit, self._resend_after))
             if now - last > wait:
                 self._dirty[key] = batches[-1].first_admit
-                self._resent[key] = (now, min(2 * wait, 60.0))
+                self._resent[key] = (now, min(2 * wait, 600.0))
                 n += 1
         for key in [k for k in self._resent if k not in self._inflight]:
             del self._resent[key]

@@ -3,8 +3,9 @@
 Handlers are thin: parse, call the limiter, map the answer to HTTP. The
 decision is local (``tables.limiter``): no Kafka round trip, no disk write,
 no hop to another worker. Every error a client can cause is a 4xx with a JSON
-body ``{"error": ...}``; the middleware turns anything unexpected into a
-JSON 500 and logs it (a bug, never a client's fault).
+body ``{"error": ...}``, also for what aiohttp's parser and router refuse
+(``_JsonRequestHandler``); anything unexpected is a JSON 500, logged (a bug,
+never a client's fault).
 """
 
 from __future__ import annotations
@@ -12,26 +13,24 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
+from http import HTTPStatus
+from typing import NamedTuple
 
 from aiohttp import web as aioweb
-from aiokafka.partitioner import murmur2
+from aiohttp.web_protocol import RequestHandler
 from faust.web import Request, View
 
 from bucketstream import crdt, metrics, recovery
 from bucketstream.app import SLOT, app, settings
 from bucketstream.rules import Policy, Rules, UnknownResource
 from bucketstream.validate import BadRequest, check_key, check_resource, parse_user
-from bucketstream.tables import RULES, buckets, limiter, tables_ready
+from bucketstream.tables import RULES, buckets, limiter, partition_for, tables_ready
 
 log = logging.getLogger(__name__)
 
 _JSON = "application/json"
-
-
-def partition_for(key: bytes) -> int:
-    """Kafka's default partitioner, as the producer and the table use it."""
-    return (murmur2(key) & 0x7FFFFFFF) % settings.partitions
 
 
 def _json(body: dict, status: int = 200, headers: dict | None = None) -> aioweb.Response:
@@ -46,6 +45,44 @@ def _number(x: float) -> float | int:
     return int(x) if x == int(x) else x
 
 
+class _Format(NamedTuple):
+    """What every answer of one policy shares, encoded once (see ``decision_response``)."""
+
+    policy: Policy
+    policy_header: str  # RateLimit-Policy
+    ratelimit_prefix: str  # RateLimit, up to "r="
+    limit_json: str  # ', "limit": <capacity>, "reset": ' ...
+    policy_json: str  # ', "policy": "<name>"'
+    capacity: float
+    rate: float
+
+
+_formats: dict[int, _Format] = {}
+
+
+def _format(policy: Policy) -> _Format:
+    f = _formats.get(id(policy))
+    if f is None or f.policy is not policy:
+        rule = policy.rule
+        limit = _number(rule.capacity)
+        window = math.ceil(rule.capacity / rule.rate)
+        f = _formats[id(policy)] = _Format(
+            policy,
+            f'"{policy.name}";q={limit};w={window}',
+            f'"{policy.name}";r=',
+            f', "limit": {json.dumps(limit)}, "reset": ',
+            f', "policy": {json.dumps(policy.name)}',
+            rule.capacity,
+            rule.rate,
+        )
+    return f
+
+
+_SHADOW = ', "shadow": ' + json.dumps("would refuse")
+_TOO_BIG = ', "error": ' + json.dumps("this request costs more than the bucket holds")
+_floor, _ceil, _isfinite, _Response = math.floor, math.ceil, math.isfinite, aioweb.Response
+
+
 def decision_response(decision: crdt.Decision, policy: Policy, shadow_refused: bool = False) -> aioweb.Response:
     """200 or 429 with the JSON body and the IETF RateLimit headers.
 
@@ -53,44 +90,60 @@ def decision_response(decision: crdt.Decision, policy: Policy, shadow_refused: b
     ``RateLimit: "<name>";r=<whole tokens left>;t=<seconds until full>``
     (draft-ietf-httpapi-ratelimit-headers); a 429 adds ``Retry-After``: whole
     seconds, rounded up, after which the same request is admitted.
+
+    The body is exactly what ``json.dumps`` makes of ``{"allowed", "remaining",
+    "limit", "reset", "policy"[, "shadow" | "error" | "retry_after"]}``, built
+    from fragments encoded once per policy (the hot path; test_api pins it).
     """
-    rule = policy.rule
-    remaining = max(0, math.floor(decision.remaining))
-    reset = max(0, math.ceil((rule.capacity - decision.remaining) / rule.rate))
-    limit = _number(rule.capacity)
-    window = math.ceil(rule.capacity / rule.rate)
+    f = _format(policy)
+    left = decision.remaining
+    remaining = _floor(left)
+    if remaining < 0:
+        remaining = 0
+    reset = _ceil((f.capacity - left) / f.rate)
+    if reset < 0:
+        reset = 0
     headers = {
-        "RateLimit-Policy": f'"{policy.name}";q={limit};w={window}',
-        "RateLimit": f'"{policy.name}";r={remaining};t={reset}',
+        "Content-Type": _JSON,
+        "RateLimit-Policy": f.policy_header,
+        "RateLimit": f"{f.ratelimit_prefix}{remaining};t={reset}",
     }
-    body = {"allowed": decision.allowed or shadow_refused, "remaining": remaining, "limit": limit, "reset": reset,
-            "policy": policy.name}
     if decision.allowed:
-        return _json(body, 200, headers)
+        body = f'{{"allowed": true, "remaining": {remaining}{f.limit_json}{reset}{f.policy_json}}}'
+        return _Response(body=body.encode(), headers=headers)
+    head = f'{{"allowed": {"true" if shadow_refused else "false"}, "remaining": {remaining}{f.limit_json}{reset}{f.policy_json}'
     if shadow_refused:
-        body["shadow"] = "would refuse"
-        return _json(body, 200, headers)
-    if not math.isfinite(decision.retry_after):
-        body["error"] = "this request costs more than the bucket holds"
-        return _json(body, 429, headers)
-    retry = max(1, math.ceil(decision.retry_after))
+        return _Response(body=f"{head}{_SHADOW}}}".encode(), headers=headers)
+    if not _isfinite(decision.retry_after):
+        return _Response(body=f"{head}{_TOO_BIG}}}".encode(), status=429, headers=headers)
+    retry = max(1, _ceil(decision.retry_after))
     headers["Retry-After"] = str(retry)
-    body["retry_after"] = retry
-    return _json(body, 429, headers)
+    return _Response(body=f'{head}, "retry_after": {retry}}}'.encode(), status=429, headers=headers)
 
 
 def not_ready() -> aioweb.Response:
     return error(503, "tables are recovering; try again shortly", {"Retry-After": "1"})
 
 
+def overloaded() -> aioweb.Response:
+    return error(503, "this worker has too many admissions Kafka has not confirmed yet; try again shortly",
+                 {"Retry-After": "1"})
+
+
 BURST_CAP = settings.burst_cap
+#: The decision-latency histogram times 1 decision in this many (two clock reads and a
+#: locked observe per request cost more than the decision they measure).
+DECISION_SAMPLE = metrics.DECISION_SAMPLE
+_sample_tick = 0
 
 
 def protect(request, resource: str | None) -> aioweb.Response:
     """The hot path: parse, decide locally, answer. No await, no I/O besides the local replica read."""
+    global _sample_tick
     try:
         user = parse_user(request.headers)
-        resource = check_resource(resource)
+        if resource is not None:
+            resource = check_resource(resource)
     except BadRequest as exc:
         metrics.BAD_REQUESTS.labels("bad_request").inc()
         return error(400, str(exc))
@@ -101,9 +154,17 @@ def protect(request, resource: str | None) -> aioweb.Response:
         return error(404, f"no rule for resource {resource!r}")
     if not tables_ready():
         return not_ready()
-    started = time.perf_counter()
-    decision = limiter.decide(Rules.key(policy, user, resource), policy.rule, time.time(), capped=BURST_CAP)
-    metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
+    key = Rules.key(policy, user, resource)
+    if not limiter.accepts(key):
+        metrics.decision(policy.name, "overloaded")
+        return overloaded()
+    _sample_tick += 1
+    if _sample_tick % DECISION_SAMPLE:
+        decision = limiter.decide(key, policy.rule, time.time(), capped=BURST_CAP)
+    else:
+        started = time.perf_counter()
+        decision = limiter.decide(key, policy.rule, time.time(), capped=BURST_CAP)
+        metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
     if decision.allowed:
         metrics.decision(policy.name, "allowed")
         return decision_response(decision, policy)
@@ -114,20 +175,23 @@ def protect(request, resource: str | None) -> aioweb.Response:
     return decision_response(decision, policy)
 
 
-@app.page("/protected")
-class Protected(View):
+# POST /protected and /protected/{resource} are plain aiohttp routes on the
+# worker's own (Faust's) web server, not Faust views: Faust's View dispatch and
+# its per-request sensors cost more than the decision. Other methods on these
+# paths get aiohttp's 405 (with Allow), made JSON by _JsonRequestHandler.
+
+async def protected(request: aioweb.Request) -> aioweb.Response:
     """POST /protected: one token from the caller's default bucket, decided locally."""
-
-    async def post(self, request: Request) -> aioweb.Response:
-        return protect(request, None)
+    return protect(request, None)
 
 
-@app.page("/protected/{resource}")
-class ProtectedResource(View):
+async def protected_resource(request: aioweb.Request) -> aioweb.Response:
     """POST /protected/{resource}: one token from the caller's bucket for that resource."""
+    return protect(request, request.match_info["resource"])
 
-    async def post(self, request: Request, resource: str) -> aioweb.Response:
-        return protect(request, resource)
+
+app.web.web_app.router.add_post("/protected", protected)
+app.web.web_app.router.add_post("/protected/{resource}", protected_resource)
 
 
 @app.page("/buckets/{user}")
@@ -173,6 +237,8 @@ class BucketView(View):
                 "worker": settings.node_id,
                 "slot": SLOT,
                 "ready": ready,
+                # this worker's recent replication delay (all keys): how stale the view above may be
+                "replication_delay": _summary(list(limiter.delays)),
             }
         )
 
@@ -214,9 +280,12 @@ class Stats(View):
                 },
                 "active_keys": len(buckets) if ready else None,
                 "own_unreflected_keys": limiter.own_keys,
+                "pending_sends": limiter.pending_sends,
                 "live_workers": limiter.live_workers,
                 "burst_cap": {"enabled": BURST_CAP, "default_rule": _finite(limiter.burst_cap(RULES.default.rule))},
                 "cached_keys": limiter.cached_keys,
+                # DEBUG here would mean every log.debug of Faust/aiokafka builds a record (cli.py: no spinner)
+                "root_log_level": logging.getLevelName(logging.getLogger().getEffectiveLevel()),
                 "replication_delay": _summary(delays),
                 "update_lag": _summary(list(limiter.update_lags)),
                 "changelog_lag": _summary(list(limiter.changelog_lags)),
@@ -248,19 +317,65 @@ class Ready(View):
         return _json({"status": "ready", "worker": settings.node_id})
 
 
-@aioweb.middleware
-async def json_errors(request: aioweb.Request, handler):
-    """Unknown paths, wrong methods and bugs answer JSON too; nothing leaks a traceback."""
-    try:
-        return await handler(request)
-    except aioweb.HTTPException as exc:
-        if exc.status >= 400 and exc.content_type != _JSON:
-            headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-            return error(exc.status, exc.reason.lower(), headers)
-        raise
-    except Exception:
-        log.exception("unhandled error for %s %s", request.method, request.path)
-        return error(500, "internal error")
+_PARSER_HEADER = re.compile(r"b'([!#$%&*+.^_`|~0-9A-Za-z-]+):")
 
 
-app.web.web_app.middlewares.append(json_errors)
+class _JsonRequestHandler(RequestHandler):
+    """aiohttp's per-connection protocol, answering every error in JSON.
+
+    * Errors aiohttp raises before or around a handler (no such path: 404, a
+      method the path does not take: 405 with ``Allow``) are plain-text
+      ``HTTPException``s; ``finish_response`` swaps them for ``{"error": ...}``
+      (what a middleware did before, without a middleware's cost per request).
+    * Requests aiohttp's HTTP parser refuses (a control byte in a header value,
+      a malformed request line ...) never reach a handler: ``handle_error``
+      answers them, 400 with ``{"error": "bad request: <what the parser said>"}``.
+    * Anything unexpected in a handler is a 500 ``{"error": "internal error"}``,
+      logged with its traceback, never shown to the client.
+    """
+
+    async def finish_response(self, request, resp, start_time):
+        if isinstance(resp, aioweb.HTTPException) and resp.status >= 400 and resp.content_type != _JSON:
+            headers = {"Allow": resp.headers["Allow"]} if "Allow" in resp.headers else None
+            resp = error(resp.status, resp.reason.lower(), headers)
+        return await super().finish_response(request, resp, start_time)
+
+    def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> aioweb.StreamResponse:
+        if request.writer.output_size > 0:  # an answer is on its way already: aiohttp closes the connection
+            return super().handle_error(request, status, exc, message)
+        if status >= 500:
+            log.error("unhandled error for %s %s", request.method, request.path, exc_info=exc)
+            text = "internal error"
+        else:
+            log.debug("refused a malformed request: %s", message or exc)
+            reason = HTTPStatus(status).phrase.lower() if status in HTTPStatus._value2member_map_ else "error"
+            text = reason
+            detail = (message or (str(exc) if exc is not None else "")).strip()
+            if detail:
+                # "Invalid header value char:\n\n  b'X-User-ID: a\\x01b'\n  ^": name the header too
+                text = f"{reason}: {detail.splitlines()[0].rstrip(':').lower()}"
+                header = _PARSER_HEADER.search(detail)
+                if header and "header" in text:
+                    text += f" in {header.group(1)}"
+        resp = error(status, text)
+        resp.force_close()
+        return resp
+
+
+class _JsonServer(aioweb.Server):
+    def __call__(self) -> RequestHandler:
+        return _JsonRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class _JsonAppRunner(aioweb.AppRunner):
+    """Faust's runner for its aiohttp app, with JSON error answers (only this server)."""
+
+    async def _make_server(self) -> aioweb.Server:
+        server = await super()._make_server()
+        server.__class__ = _JsonServer
+        return server
+
+
+# Faust starts its web server through this runner (faust/web/drivers/aiohttp.py)
+app.web._runner = _JsonAppRunner(app.web.web_app, access_log=None)

@@ -72,6 +72,43 @@ def test_good_user_ids_pass_unchanged():
         assert parse_user(CIMultiDict([("x-user-id", user)])) == user
 
 
+@pytest.mark.parametrize("allowed, remaining, retry_after, shadow", [
+    (True, 2.9, 0.0, False), (True, 0.0, 0.0, False), (False, -3.5, 0.2, False), (False, 0.4, 99.01, False),
+    (False, 0.0, float("inf"), False), (False, 0.3, 4.0, True),
+])
+@pytest.mark.parametrize("name, capacity, rate", [("default", 3, 0.01), ("gold/search", 2.5, 7), ('we"ird\\ü', 1e6, 1e6)])
+def test_decision_bodies_are_exactly_the_json_of_their_fields(allowed, remaining, retry_after, shadow, name,
+                                                             capacity, rate):
+    """The hot path builds the body from per-policy fragments; it must equal json.dumps of the fields."""
+    import json
+    import math
+
+    from bucketstream import crdt, web
+    from bucketstream.rules import Policy
+
+    policy = Policy.build(name, capacity, rate)
+    resp = web.decision_response(crdt.Decision(allowed, remaining, retry_after), policy, shadow_refused=shadow)
+    left = max(0, math.floor(remaining))
+    reset = max(0, math.ceil((capacity - remaining) / rate))
+    limit = int(capacity) if capacity == int(capacity) else capacity
+    body = {"allowed": allowed or shadow, "remaining": left, "limit": limit, "reset": reset, "policy": name}
+    headers = {"RateLimit-Policy": f'"{name}";q={limit};w={math.ceil(capacity / rate)}',
+               "RateLimit": f'"{name}";r={left};t={reset}'}
+    status = 200
+    if shadow:
+        body["shadow"] = "would refuse"
+    elif not allowed and math.isinf(retry_after):
+        body["error"] = "this request costs more than the bucket holds"
+        status = 429
+    elif not allowed:
+        body["retry_after"] = headers["Retry-After"] = max(1, math.ceil(retry_after))
+        headers["Retry-After"] = str(headers["Retry-After"])
+        status = 429
+    assert resp.body == json.dumps(body).encode()
+    assert resp.status == status and resp.content_type == "application/json"
+    assert {k: v for k, v in resp.headers.items() if k != "Content-Type"} == headers
+
+
 def test_rules_resolve_default_resource_tier_and_tier_resource(tmp_path):
     rules = Rules.load(write(tmp_path, LIMITS))
     assert rules.policy("bob", None).rule.capacity == 3
@@ -217,21 +254,46 @@ def test_bad_requests_get_400_with_a_json_error(worker, headers, problem):
     assert json.loads(body) == {"error": problem}
 
 
-@pytest.mark.broker
-def test_control_characters_in_the_header_get_400(worker):
-    """TAB is legal HTTP and reaches our validator (JSON 400, in the table above);
-    other control bytes are not HTTP at all: aiohttp's parser refuses them first,
-    with a plain-text 400 that names the bad character. Either way: 400, no crash."""
+def raw_bytes(w, request: bytes) -> tuple[int, dict, bytes]:
+    """Send these exact bytes; (status, headers, body) of the answer (read until the server closes)."""
     import socket
 
-    with socket.create_connection(("127.0.0.1", worker.port), timeout=5) as s:
-        s.sendall(b"POST /protected HTTP/1.1\r\nHost: x\r\nX-User-ID: a\x01b\r\nContent-Length: 0\r\n\r\n")
-        reply = s.recv(4096)
-    assert reply.split(b"\r\n", 1)[0].endswith(b"400 Bad Request")
-    assert b"Invalid header value char" in reply
+    with socket.create_connection(("127.0.0.1", w.port), timeout=5) as s:
+        s.sendall(request)
+        reply = b""
+        while chunk := s.recv(4096):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, body
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("byte", [b"\x01", b"\x7f", b"\x00", b"\x1b"])
+def test_control_characters_in_the_header_get_400_with_a_json_error(worker, byte):
+    """TAB is legal HTTP and reaches our validator; other control bytes are not HTTP at
+    all: aiohttp's parser refuses them before any handler runs. Either way: 400 with a
+    JSON body naming the problem, never a 5xx, and the worker keeps serving."""
+    import json
+
+    status, headers, body = raw_bytes(
+        worker, b"POST /protected HTTP/1.1\r\nHost: x\r\nX-User-ID: a" + byte + b"b\r\nContent-Length: 0\r\n\r\n")
+    assert status == 400 and headers["Content-Type"].startswith("application/json"), (status, headers, body)
+    error = json.loads(body)["error"]
+    assert error == "bad request: invalid header value char in X-User-ID", error
     status, _, body = raw(worker, "POST", "/protected", [("X-User-ID", "a\tb")])
-    assert status == 400 and b"control characters" in body
+    assert status == 400 and json.loads(body) == {"error": "X-User-ID contains control characters"}
     assert worker.protected("still-fine")[0] == 200
+
+
+@pytest.mark.broker
+def test_malformed_http_gets_400_json_not_plain_text(worker):
+    import json
+
+    status, headers, body = raw_bytes(worker, b"POST /protected HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n")
+    assert status == 400 and headers["Content-Type"].startswith("application/json")
+    assert json.loads(body)["error"].startswith("bad request")
 
 
 @pytest.mark.broker
@@ -249,7 +311,22 @@ def test_wrong_methods_paths_and_keys_answer_json_4xx(worker, method, path, stat
 
     got, resp, body = raw(worker, method, path, [("X-User-ID", "bob")])
     assert got == status
+    assert resp.getheader("Content-Type").startswith("application/json")
     assert "error" in json.loads(body)
+    if status == 405:
+        assert resp.getheader("Allow") == "POST" and json.loads(body) == {"error": "method not allowed"}
+    if path == "/nowhere":
+        assert json.loads(body) == {"error": "not found"}
+
+
+@pytest.mark.broker
+def test_the_root_logger_is_not_at_debug_in_a_running_worker(worker):
+    """At log level WARNING (the pool's) Faust's spinner would set the root logger to DEBUG,
+    so every debug call of Faust and aiokafka built a LogRecord; cli.py turns it off."""
+    import json
+
+    stats = json.loads(worker.request("GET", "/stats")[2])
+    assert stats["root_log_level"] == "WARNING"
 
 
 @pytest.mark.broker
@@ -259,7 +336,38 @@ def test_health_readiness_and_metrics(worker):
     worker.protected("frank")
     status, headers, text = worker.request("GET", "/metrics")
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    assert b'bucketstream_decisions_total{outcome="allowed",policy="default"} 1.0' in text
+    assert b"sampled: 1 decision in 16" in text
     for name in ["bucketstream_decisions_total", "bucketstream_decision_seconds_bucket",
                  "bucketstream_deltas_flushed_total", "bucketstream_updates_merged_total",
                  "bucketstream_replication_delay_seconds_bucket", "bucketstream_keys", "bucketstream_ready 1.0"]:
         assert name.encode() in text, name
+
+
+@pytest.mark.broker
+def test_back_pressure_503_for_new_keys_while_kafka_has_not_confirmed(pool, broker):
+    """With the broker frozen nothing this worker admits is confirmed: past
+    max_unconfirmed_keys new users get 503 JSON + Retry-After: 1, users it holds
+    state of are still decided, and once Kafka is back new users are admitted again."""
+    import json
+    import os
+    import signal
+
+    from tests.cluster import wait_until
+
+    (w,) = pool.start(1, max_unconfirmed_keys=3)
+    pid = int((broker.state_dir / "pid").read_text())
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        answers = [w.protected(f"new-{i}") for i in range(5)]
+        assert [s for s, _, _ in answers] == [200, 200, 200, 503, 503]
+        _, headers, body = answers[3]
+        assert headers["Retry-After"] == "1" and "Kafka has not confirmed" in body["error"]
+        assert w.protected("new-0")[0] == 200  # a key it holds state of
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_until(lambda: json.loads(w.request("GET", "/stats")[2])["own_unreflected_keys"] == 0, 30, 0.1,
+               "the backlog confirmed")
+    assert w.protected("new-9")[0] == 200
+    metrics = w.request("GET", "/metrics")[2].decode()
+    assert 'bucketstream_decisions_total{outcome="overloaded",policy="default"} 2.0' in metrics

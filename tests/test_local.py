@@ -27,3 +27,32 @@ def test_a_confirmed_state_is_not_resent():
     limiter.on_replica_changed(key, raw, 100.05)  # our state came back from Kafka
     assert limiter.resend_stale(200.0) == 0 and limiter.own_keys == 0
     assert list(limiter.delays) == [limiter.delays[0]] and 0.04 < limiter.delays[0] < 0.06
+
+
+def test_a_failed_send_is_sent_again_with_the_next_flush_and_an_acknowledged_one_is_not():
+    rule = Rule(10, 1)
+    limiter = Limiter(7, lambda key: None)
+    for k in (b"a", b"b"):
+        limiter.decide(k, rule, 100.0)
+    assert sorted(k for k, _ in limiter.take_dirty()) == [b"a", b"b"]
+    assert limiter.pending_sends == 2
+    limiter.on_sent([b"a"], failed=True, now=100.5)  # the producer gave up on a's batch
+    limiter.on_sent([b"b"], failed=False, now=100.5)  # Kafka has b (not yet read back)
+    assert limiter.pending_sends == 0
+    assert [k for k, _ in limiter.take_dirty()] == [b"a"]
+    for t in range(101, 125):  # acknowledged: no resend while Kafka merely lags
+        limiter.resend_stale(float(t))
+    assert limiter.take_dirty() == []
+
+
+def test_back_pressure_refuses_only_new_keys_while_too_many_states_are_unconfirmed():
+    rule = Rule(10, 1)
+    limiter = Limiter(7, lambda key: None, max_unconfirmed=2)
+    for k in (b"a", b"b"):
+        assert limiter.accepts(k)
+        limiter.decide(k, rule, 100.0)
+    assert not limiter.accepts(b"c")  # new: would add to the backlog
+    assert limiter.accepts(b"a")  # held already: its next flush is one message anyway
+    for key, raw in limiter.take_dirty():
+        limiter.on_replica_changed(key, raw, 100.05)  # Kafka shows them: the backlog is gone
+    assert limiter.own_keys == 0 and limiter.accepts(b"c")
