@@ -296,7 +296,23 @@ async def flush_deltas() -> None:
             await asyncio.sleep(settings.flush_interval)
             await _publish(producer, topic)
     finally:
-        await producer.stop()
+        # stopping (SIGTERM, a rolling restart): what was admitted since the last
+        # flush goes out too, and stop() waits for Kafka to have every batch
+        try:
+            await asyncio.wait_for(_final_publish(producer, topic), SHUTDOWN_FLUSH_TIMEOUT)
+        except Exception as exc:  # noqa: BLE001 - broker away at shutdown: say what was not sent
+            log.error("stopping with %d key(s) not published: %r", limiter.own_keys, exc)
+
+
+#: How long a stopping worker waits for its last deltas to reach Kafka.
+SHUTDOWN_FLUSH_TIMEOUT = 10.0
+
+
+async def _final_publish(producer: AIOKafkaProducer, topic: str) -> None:
+    await _publish(producer, topic)
+    await producer.stop()
+    if limiter.own_keys:
+        log.info("stopped: last deltas of %d key(s) published", limiter.own_keys)
 
 
 async def _publish(producer: AIOKafkaProducer, topic: str) -> None:

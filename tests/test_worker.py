@@ -95,6 +95,20 @@ def test_restarted_worker_recovers_consumption_and_takes_a_fresh_slot(pool):
     assert after["slot"] != slot_before and after["consumed"] == 5
 
 
+def test_a_worker_stopped_right_after_admitting_loses_none_of_it(pool):
+    """SIGTERM straight after the last 200 (no wait for a flush or a merge): the
+    stopping worker publishes what it admitted since its last flush, so the next
+    process (fresh slot, no memory) finds all of it and refuses the next request.
+    A 5 s flush interval leaves everything to that last flush."""
+    (w,) = pool.start(1, capacity=40, rate=0.01, flush_interval=5)
+    assert [w.protected(f"user-{i % 4}")[0] for i in range(160)] == [200] * 160
+    pool.restart(w).wait_ready()
+    for i in range(4):
+        bucket = w.bucket(f"user-{i}")
+        assert bucket["consumed"] == 40, bucket
+        assert w.protected(f"user-{i}")[0] == 429
+
+
 def test_bad_configuration_fails_at_start_naming_the_variable(tmp_path):
     """No broker needed: validation happens before anything connects."""
     proc = subprocess.run([sys.executable, "-m", "bucketstream.cli", "worker", "--capacity", "-3",
