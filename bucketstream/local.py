@@ -59,6 +59,7 @@ class Limiter:
         on_delay: Callable[[float], None] | None = None,
         resend_after: float = 30.0,
         max_unconfirmed: int = 50_000,
+        on_learned: Callable[[bytes, float], None] | None = None,
     ) -> None:
         self.slot = slot
         self._read_table = read_table
@@ -66,6 +67,7 @@ class Limiter:
         self._on_delay = on_delay or (lambda seconds: None)
         self._resend_after = resend_after
         self.max_unconfirmed = max_unconfirmed
+        self._on_learned = on_learned  # called when a key's replica view grew (from Kafka)
         self._replica: dict[bytes, BucketState] = {}  # decoded cache; BOTTOM = known absent
         self._own: dict[bytes, BucketState] = {}  # states the replica does not reflect yet
         self._dirty: dict[bytes, float] = {}  # key -> first admission since the last flush
@@ -220,6 +222,8 @@ class Limiter:
             if cached is not None:
                 state = self._replica[key] = join(cached, state)
         self._observe(key, state, now, deleted=raw is None)
+        if raw is not None and self._on_learned is not None:
+            self._on_learned(key, now)
 
     def on_peer_state(self, key: bytes, delta: BucketState, now: float) -> None:
         """A whole state some worker (this one included) published to the update topic.
@@ -230,6 +234,11 @@ class Limiter:
         state = join(self.replica(key), delta)
         self._replica[key] = state
         self._observe(key, state, now, deleted=False)
+        if self._on_learned is not None:
+            self._on_learned(key, now)
+
+    def is_cached(self, key: bytes) -> bool:
+        return key in self._replica
 
     def _observe(self, key: bytes, state: BucketState, now: float, deleted: bool) -> None:
         """Settle what ``state`` (the current replica view) shows of our own admissions."""

@@ -149,6 +149,7 @@ class Rules:
             self.by_version.setdefault(p.version, p)
         # (policy name, version) -> (the version before it, when it was replaced)
         self._previous: dict[tuple[str, str], tuple[Policy, float]] = {}
+        self._next: dict[str, Policy] = {}  # an earlier version -> the version that replaced it
 
     def all_policies(self) -> list[Policy]:
         out = [self.default, *self.resources.values()]
@@ -232,6 +233,7 @@ class Rules:
                     until = recorded_until(recorded[p.name], older.version)
                     if until is not None:
                         self._previous[(p.name, policy.version)] = (older, until)
+                        self._next[older.version] = policy
                 self.by_version.setdefault(policy.version, policy)  # old buckets expire by their own rule
                 older = policy
 
@@ -251,6 +253,20 @@ class Rules:
             return None
         older, until = found
         return self.key(older, user, resource), older, self.by_version[version], until
+
+    def successor(self, key: bytes) -> tuple[bytes, Policy, Policy] | None:
+        """For a bucket key of an earlier rule version: the key of the same bucket under
+        the version that replaced it, the earlier policy and the newer one; else None."""
+        if not self._next:
+            return None
+        try:
+            version, resource, user = self.parse_key(key)
+        except ValueError:
+            return None
+        newer = self._next.get(version)
+        if newer is None:
+            return None
+        return self.key(newer, user, resource), self.by_version[version], newer
 
     # -- loading -------------------------------------------------------------------
     @classmethod

@@ -96,7 +96,25 @@ def _read(key: bytes) -> bytes | None:
     return None if carried == BOTTOM else crdt.encode(carried)
 
 
-limiter = Limiter(SLOT, _read, on_delay=metrics.REPLICATION_DELAY.observe)
+def _carry_forward(key: bytes, now: float) -> None:
+    """``key``'s view grew; if it is a bucket of a rule's previous version whose
+    successor this worker has already read (and carried over, in ``_read``), join
+    the carry-over of what it knows now into the successor: a worker that carried
+    a bucket over before the old bucket's last spending reached it does not keep
+    the fuller level. Sound because a carry-over is a W-only state: more
+    spending known makes a larger W, and the join keeps the larger."""
+    found = RULES.successor(key)
+    if found is None:
+        return
+    new_key, old_policy, policy = found
+    if not limiter.is_cached(new_key):
+        return  # read later through _read, which carries over then
+    carried = crdt.carry_over(limiter.view(key), old_policy.rule, policy.rule, now)
+    if carried != BOTTOM:
+        limiter.on_peer_state(new_key, carried, now)
+
+
+limiter = Limiter(SLOT, _read, on_delay=metrics.REPLICATION_DELAY.observe, on_learned=_carry_forward)
 metrics.KEYS.labels("own_unreflected").set_function(lambda: limiter.own_keys)
 metrics.KEYS.labels("cached").set_function(lambda: limiter.cached_keys)
 

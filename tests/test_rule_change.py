@@ -12,6 +12,7 @@ import textwrap
 import pytest
 
 from bucketstream.rules import HISTORY_LENGTH, Rules
+from tests.cluster import wait_until
 
 V1 = textwrap.dedent("""
     [default]
@@ -59,6 +60,18 @@ def test_a_changed_rule_knows_the_key_of_its_previous_version(tmp_path):
     # the unchanged rule has no predecessor; old buckets are still evaluated by their own rule
     assert v2.predecessor(Rules.key(v2.resources["search"], "bob", "search")) is None
     assert v2.policy_for_key(old_key).rule.capacity == 10
+
+
+def test_the_successor_of_an_old_bucket_is_the_same_bucket_under_the_new_version(tmp_path):
+    v1 = rules_of(tmp_path, V1)
+    v2 = rules_of(tmp_path, V1.replace("capacity = 10", "capacity = 20"))
+    v2.adopt_history(history(v1, v2))
+    old_key, new_key = Rules.key(v1.default, "bob", None), Rules.key(v2.default, "bob", None)
+    succ, old_policy, policy = v2.successor(old_key)
+    assert succ == new_key and old_policy.rule.capacity == 10 and policy.rule.capacity == 20
+    assert v2.successor(new_key) is None
+    assert v2.successor(Rules.key(v2.resources["search"], "bob", "search")) is None  # unchanged rule
+    assert v1.successor(old_key) is None  # no history adopted
 
 
 def test_a_chain_of_changes_and_a_rollback(tmp_path):
@@ -118,6 +131,11 @@ def test_a_rule_change_keeps_each_bucket_level_instead_of_refilling_it(pool, tmp
 
     path.write_text(V1.replace("capacity = 10", "capacity = 20"))
     pool.restart(w).wait_ready()
+    # A restarted worker may read bob's new bucket before the old one's last state has reached
+    # it (it carries a fuller level over); when that state arrives the carry-over is redone and
+    # joined in (tables._carry_forward). In 2 full-suite runs (of about 6) the first answer came
+    # too early, so wait for the level here; it must settle, and within seconds.
+    wait_until(lambda: w.bucket("bob")["tokens"] < 2, 10, 0.1, "bob's level carried over")
     status, headers, body = w.protected("bob")
     assert status == 200, body
     # 1 left (+ a fraction of refill while restarting) - 1; 19 would mean a fresh bucket, or that
@@ -137,3 +155,20 @@ def test_a_rule_change_keeps_each_bucket_level_instead_of_refilling_it(pool, tmp
     assert status == 429 and body["limit"] == 4 and int(headers["Retry-After"]) >= 1, (status, body)
     bucket = w.bucket("bob")
     assert bucket["capacity"] == 4 and bucket["tokens"] < 1, bucket
+
+
+@pytest.mark.broker
+def test_during_a_rolling_restart_old_version_spending_reaches_the_new_version_bucket(pool, tmp_path):
+    """A worker still on v1 keeps spending bob's v1 bucket after a v2 worker has carried
+    that bucket over: the v2 worker's bucket follows (the carry-over is redone as the
+    old bucket's state arrives), instead of keeping the level it carried at first."""
+    old_path = _limits(tmp_path, V1)
+    new_path = tmp_path / "limits-v2.toml"
+    new_path.write_text(V1.replace("capacity = 10", "capacity = 20"))
+    (a,) = pool.start(1, limits=old_path)
+    _spend(a, "bob", 2)
+    (b,) = pool.start(1, limits=new_path)
+    wait_until(lambda: 7 < b.bucket("bob")["tokens"] < 9, 10, 0.1, "v2 worker carries ~8 over")
+    _spend(a, "bob", 6)  # v1 bucket: 2 tokens left
+    wait_until(lambda: b.bucket("bob")["tokens"] < 3, 10, 0.1, "v2 worker sees the v1 spending")
+    assert b.protected("bob")[2]["limit"] == 20
