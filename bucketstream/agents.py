@@ -13,15 +13,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from faust.streams import _current_event
+from faust.types import TP
 
 from bucketstream import crdt, metrics
 from bucketstream.app import FETCH_MAX_WAIT_MS, PREFETCH_BACKOFF, app, settings
-from bucketstream.tables import RULES, buckets, limiter, mark_peer_feed_ready, partition_for
+from bucketstream.tables import RULES, buckets, limiter, mark_peer_feed_ready, partition_for, store_for
 from bucketstream.topics import bootstrap_servers
 
 log = logging.getLogger(__name__)
@@ -29,6 +28,11 @@ log = logging.getLogger(__name__)
 #: An update value that asks the partition owner to delete a full, idle bucket.
 #: (Encoded states start with a non-zero version byte, so this cannot clash.)
 EXPIRE = b"\x00"
+
+#: How long a producer keeps trying one batch (broker away) before it gives up;
+#: the flusher then sends the keys again with its next flush (Limiter.on_sent),
+#: the merge agent sends the batch again (``write_changelog``).
+PUBLISH_TIMEOUT_MS = 30_000
 
 updates = app.topic(
     f"{settings.app_id}-updates",
@@ -62,40 +66,61 @@ def is_stale(key: bytes, state: crdt.BucketState, now: float) -> bool:
     return policy is not None and crdt.is_full(state, policy.rule, now - expire_horizon(policy.rule))
 
 
-def apply_update(key: bytes, value: bytes | None, now: float) -> str:
-    """Apply one message from the update topic to the table; returns what it did."""
-    if not value:
-        return "ignored"
-    if value == EXPIRE:
-        return apply_expire(key, now)
-    delta = crdt.decode(value)
-    if is_stale(key, delta, now):
-        return "stale"
-    return merge_state(key, delta, now)
+class TableWrites:
+    """The table writes of one merge batch: to this worker's RocksDB store at once,
+    and kept in order per partition for the changelog (``write_changelog``).
+
+    The merge agent writes the store and the changelog itself instead of through
+    ``Table.__setitem__``: Faust sends every table write as its own changelog
+    message (producer buffer, a task and a produce request each, and a RocksDB
+    write of the persisted offset per acknowledged message), which was most of
+    a merge's cost. Here a batch is one record batch per partition, and the
+    agent waits for Kafka to have it before Faust acknowledges (and later
+    commits) the updates it came from: an update whose merge the changelog
+    does not have is read again by whoever owns the partition next.
+    """
+
+    def __init__(self) -> None:
+        self.by_partition: dict[int, list[tuple[bytes, bytes | None]]] = {}
+
+    def read(self, partition: int, key: bytes) -> bytes | None:
+        return store_for(partition).get(key)
+
+    def put(self, partition: int, key: bytes, raw: bytes | None) -> None:
+        """Write (``raw``) or delete (``None``) ``key`` in the partition's store; queue it for the changelog."""
+        db = store_for(partition)
+        if raw is None:
+            db.delete(key)
+        else:
+            db.put(key, raw)
+        self.by_partition.setdefault(partition, []).append((key, raw))
+
+    def __len__(self) -> int:
+        return sum(map(len, self.by_partition.values()))
 
 
-def apply_expire(key: bytes, now: float) -> str:
-    current_raw = buckets.get(key)
+def apply_expire(key: bytes, now: float, partition: int, writes: TableWrites) -> str:
+    current_raw = writes.read(partition, key)
     if current_raw is None:
         return "absent"
     policy = RULES.policy_for_key(key)
     # a key of a rule version no current rule has is never read again: drop it
     if policy is not None and not is_stale(key, crdt.decode(current_raw), now):
         return "kept"  # touched since the sweep looked: not idle after all
-    del buckets[key]
+    writes.put(partition, key, None)
     limiter.on_replica_changed(key, None, now)
     return "expired"
 
 
-def merge_state(key: bytes, delta: crdt.BucketState, now: float) -> str:
+def merge_state(key: bytes, delta: crdt.BucketState, now: float, partition: int, writes: TableWrites) -> str:
     """Read, join, write: no await in between (the agent is the table's only writer)."""
-    current_raw = buckets.get(key)
+    current_raw = writes.read(partition, key)
     current = crdt.decode(current_raw) if current_raw is not None else crdt.BucketState()
     merged = crdt.join(current, delta)
     if merged == current:
         return "unchanged"  # a replay or a state we already had: no changelog write
     raw = crdt.encode(merged)
-    buckets[key] = raw
+    writes.put(partition, key, raw)
     limiter.on_replica_changed(key, raw, now)
     return "merged"
 
@@ -108,49 +133,43 @@ MERGE_BATCH = 1000
 MERGE_WITHIN = 0.01
 
 
-def _as_current(event) -> None:
-    """Make ``event`` Faust's current event: a table write outside a stream's own
-    iteration needs one to know the changelog partition (that of the update's own
-    partition, the key's). ``take_events`` hands a list, so the agent sets it per key."""
-    _current_event.set(weakref.ref(event))
-
-
-def apply_batch(events, now: float) -> None:
+def apply_batch(events, now: float) -> TableWrites:
     """Apply a batch of update-topic events in log order, joining each key's states first.
 
     An expiry request is a barrier for its key: what came before it is merged
     before it, what came after is merged after it. Stale states are dropped one
-    by one, as ``apply_update`` would.
+    by one. Each key is written to the partition its
+    update came from (the update topic is co-partitioned with the table).
     """
+    writes = TableWrites()
     joined: dict[bytes, crdt.BucketState] = {}
-    source: dict[bytes, object] = {}  # key -> its last event (the partition Faust writes the changelog to)
+    source: dict[bytes, int] = {}  # key -> the partition of its updates
     results: dict[str, int] = {}
 
     def count(result: str, n: int = 1) -> None:
         results[result] = results.get(result, 0) + n
 
     for event in events:
-        key, value = event.key, event.value
-        limiter.update_lags.append(now - event.message.timestamp)
+        key, value, message = event.key, event.value, event.message
+        limiter.update_lags.append(now - message.timestamp)
         if not value:
             count("ignored")
             continue
         try:
             if value == EXPIRE:
-                _as_current(event)
                 if key in joined:
-                    count(merge_state(key, joined.pop(key), now))
-                count(apply_expire(key, now))
+                    count(merge_state(key, joined.pop(key), now, message.partition, writes))
+                count(apply_expire(key, now, message.partition, writes))
                 continue
             delta = crdt.decode(value)
         except crdt.CodecError as exc:
             count("malformed")
-            log.error("skipping malformed update for key %r at %s: %s", key, event.message.tp, exc)
+            log.error("skipping malformed update for key %r at %s: %s", key, message.tp, exc)
             continue
         if is_stale(key, delta, now):
             count("stale")
             continue
-        source[key] = event
+        source[key] = message.partition
         prior = joined.get(key)
         if prior is None:
             joined[key] = delta
@@ -158,21 +177,85 @@ def apply_batch(events, now: float) -> None:
             joined[key] = crdt.join(prior, delta)
             count("coalesced")
     for key, state in joined.items():
-        _as_current(source[key])
         try:
-            count(merge_state(key, state, now))
+            count(merge_state(key, state, now, source[key], writes))
         except crdt.CodecError as exc:  # the table's value, not the update, is garbage
             count("malformed")
             log.error("table value for key %r is not a bucket state: %s", key, exc)
     for result, n in results.items():
         metrics.UPDATES_MERGED.labels(result).inc(n)
+    return writes
+
+
+async def write_changelog(producer: AIOKafkaProducer, writes: TableWrites) -> None:
+    """Send a batch's table writes to the changelog, and return once Kafka has all of them.
+
+    A partition whose send fails (broker away longer than the producer's
+    timeout) is sent again, whole and in order, until Kafka has it: the store
+    already holds those values, and the updates they came from stay
+    unacknowledged meanwhile. A duplicate changelog record is harmless.
+    """
+    topic = buckets.changelog_topic_name
+    await asyncio.gather(*(_write_partition(producer, topic, p, records)
+                           for p, records in writes.by_partition.items()))
+
+
+async def _write_partition(producer: AIOKafkaProducer, topic: str, partition: int,
+                           records: list[tuple[bytes, bytes | None]]) -> None:
+    wait = 0.1
+    while True:
+        try:
+            last = await _send_records(producer, topic, partition, records)
+            break
+        except Exception as exc:  # noqa: BLE001 - Kafka does not have them: send them again
+            metrics.PUBLISH_FAILURES.inc(len(records))
+            log.warning("changelog write of %d record(s) to %s[%d] failed: %r; sending them again",
+                        len(records), topic, partition, exc)
+            await asyncio.sleep(wait)
+            wait = min(2 * wait, 5.0)
+    # what Faust's own changelog callback keeps: the offset of the last record the store
+    # has, from which a restart (or a later standby) resumes reading the changelog
+    buckets.data.set_persisted_offset(TP(topic, partition), last)
+
+
+async def _send_records(producer: AIOKafkaProducer, topic: str, partition: int,
+                        records: list[tuple[bytes, bytes | None]]) -> int:
+    """Append the records to as few batches as they fit in; returns the offset of the last one."""
+    futures, counts = [], []
+    i = 0
+    while i < len(records):
+        builder = producer.create_batch()
+        n = 0
+        while i < len(records) and builder.append(key=records[i][0], value=records[i][1], timestamp=None):
+            i += 1
+            n += 1
+        if not n:
+            raise ValueError(f"changelog record of key {records[i][0]!r} does not fit a record batch")
+        futures.append(await producer.send_batch(builder, topic, partition=partition))
+        counts.append(n)
+    metas = await asyncio.gather(*futures)
+    return metas[-1].offset + counts[-1] - 1
 
 
 @app.agent(updates)
 async def merge(stream):
     """Join every update into the table (the table's only writer), a batch at a time."""
-    async for events in stream.take_events(MERGE_BATCH, within=MERGE_WITHIN):
-        apply_batch(events, time.time())
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap_servers(settings),
+        client_id=f"{settings.node_id}-changelog",
+        acks="all",
+        linger_ms=0,
+        request_timeout_ms=PUBLISH_TIMEOUT_MS,
+    )
+    await producer.start()
+    try:
+        async for events in stream.take_events(MERGE_BATCH, within=MERGE_WITHIN):
+            writes = apply_batch(events, time.time())
+            if writes.by_partition:
+                # before the next batch, so before Faust acknowledges these updates
+                await write_changelog(producer, writes)
+    finally:
+        await producer.stop()
 
 
 #: How far back a starting worker reads the update topic: deltas that the
@@ -267,10 +350,6 @@ async def refresh_worker_count() -> None:
 
 
 limiter.max_unconfirmed = settings.max_unconfirmed_keys
-
-#: How long the producer keeps trying one batch (broker away) before it gives
-#: up; the keys are then sent again with the next flush (Limiter.on_sent).
-PUBLISH_TIMEOUT_MS = 30_000
 
 
 @app.task

@@ -58,6 +58,11 @@ def partition_for(key: bytes) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % settings.partitions
 
 
+def store_for(partition: int):
+    """This worker's RocksDB database (a ``rocksdict.Rdict``) of one table partition, opened on first use."""
+    return buckets.data._db_for_partition(partition)
+
+
 def read_stored(key: bytes) -> bytes | None:
     """The stored value of ``key`` in this worker's replica: one RocksDB point read
     in the key's own partition (Faust's ``Table.get`` outside an agent tries every
