@@ -533,6 +533,49 @@ def _get_varint(data: bytes, pos: int, what: str) -> tuple[int, int]:
 
 def decode(data: bytes) -> BucketState:
     """The state that :func:`encode` turned into ``data``; :class:`CodecError` for anything else."""
+    state = _decode_well_formed(data)
+    return state if state is not None else _decode_strict(data)
+
+
+def _decode_well_formed(data: bytes) -> BucketState | None:
+    """The fast path of :func:`decode`: one pass over the bytes, no error messages.
+
+    Returns None for anything it is not sure of (other types, long input,
+    any malformation), which :func:`_decode_strict` then decodes or refuses
+    with a message. A worker decodes every state it reads from Kafka, so this
+    is on the replication path; the strict decoder is the reference (the tests
+    check that both agree on any bytes).
+    """
+    if type(data) is not bytes or not 3 <= len(data) <= _MAX_VARINT_BYTES or data[0] != _TAG:
+        return None  # no varint can be longer than _MAX_VARINT_BYTES in what is left
+    vals: list[int] = []
+    add = vals.append
+    n = shift = 0
+    for b in data[1:]:
+        if b < 0x80:
+            if b == 0 and shift:
+                return None  # a padded varint
+            add(n | (b << shift))
+            n = shift = 0
+        else:
+            n |= (b & 0x7F) << shift
+            shift += 7
+    if shift or len(vals) < 2 or len(vals) != 2 + 2 * vals[1]:
+        return None  # cut short, or not the number of counters it says
+    c: dict[int, int] = {}
+    total = 0
+    node = -1
+    for i in range(2, len(vals), 2):
+        node += vals[i] + 1
+        v = vals[i + 1] + 1
+        c[node] = v
+        total += v
+    if node >= MAX_NODE:  # node ids only grow: the last is the largest
+        return None
+    return _make(c, vals[0], total)
+
+
+def _decode_strict(data: bytes) -> BucketState:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise CodecError(f"expected bytes, got {type(data).__name__}")
     data = bytes(data)

@@ -27,7 +27,7 @@ from fractions import Fraction
 from functools import reduce
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bucketstream.crdt import (
@@ -48,7 +48,7 @@ from bucketstream.crdt import (
     tokens,
     try_consume,
 )
-from bucketstream.crdt import _ticks
+from bucketstream.crdt import _decode_strict, _decode_well_formed, _ticks
 
 BOTTOM = BucketState()
 US = 1_000_000
@@ -531,6 +531,29 @@ def test_any_bytes_decode_to_their_one_state_or_are_refused(data):
     except CodecError:
         return
     assert encode(s) == data
+
+
+@given(st.one_of(
+    States.map(encode),
+    st.binary(max_size=80),
+    st.binary(max_size=80).map(lambda b: b"\xb1" + b),
+    st.tuples(States.map(encode), st.integers(0, 79), st.integers(0, 255)).map(
+        lambda t: t[0][: t[1]] + bytes([t[2]]) + t[0][t[1] + 1:]),  # one byte changed
+))
+@example(b"\xb1\x80\x00\x00")  # W padded
+@example(b"\xb1\x00\x01\x00\x80\x00")  # a count padded
+@example(b"\xb1\x00\x01" + b"\x80" * 9 + b"\x01" + b"\x00")  # node id 2**63
+@example(b"\xb1\x00\x02\x00\x00")  # two counters promised, one given
+@example(b"\xb1" + b"\xff" * 600 + b"\x01\x00")  # a varint longer than the limit
+def test_the_fast_decoder_agrees_with_the_strict_one(data):
+    """``decode`` tries a one-pass decoder first: it may pass (None) but never differs."""
+    fast = _decode_well_formed(data)
+    try:
+        strict = _decode_strict(data)
+    except CodecError:
+        assert fast is None
+        return
+    assert fast is None or fast == strict
 
 
 @pytest.mark.parametrize(
