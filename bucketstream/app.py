@@ -24,13 +24,21 @@ log = logging.getLogger(__name__)
 SLOT = secrets.randbits(63)
 
 
-#: How long the broker may hold a fetch that has no data. Faust hard-codes
-#: 1500 ms; a fetch that is already waiting when a partition is resumed or a
-#: standby starts keeps new records waiting that long, which showed up as
-#: ~1.6 s replication-delay outliers, and a fetch already in flight without a
-#: partition holds that partition back for as long. 20 ms costs an idle worker about 50
-#: small fetch requests a second.
+#: How long the broker may hold a peer-feed fetch (agents.py) that has no data:
+#: that consumer is the replication path, and the broker answers it as soon as
+#: one byte is there. 20 ms costs an idle worker about 50 small fetch requests
+#: a second.
 FETCH_MAX_WAIT_MS = 20
+#: Faust's own consumer (the merge agent's updates, the standby changelogs) is
+#: not on the replication path: the peer feed brings every state to the view
+#: first. So it asks the broker for FAUST_FETCH_MIN_BYTES, or whatever is there
+#: after FAUST_FETCH_MAX_WAIT_MS, instead of a fetch per few records: under load
+#: that was a fifth of a worker's CPU (fetch requests and their cross-thread
+#: wake-ups) for nothing the view needed. Faust hard-codes 1500 ms, which also
+#: held new records back that long when a fetch was already waiting as a
+#: partition was resumed or a standby started (1.6 s delays before the peer feed).
+FAUST_FETCH_MAX_WAIT_MS = 100
+FAUST_FETCH_MIN_BYTES = 64 * 1024
 #: aiokafka holds back the next fetch from a broker for up to 100 ms while any
 #: partition's fetched records are not yet taken by Faust; 5 ms keeps that wait
 #: out of the replication delay.
@@ -40,7 +48,9 @@ PREFETCH_BACKOFF = 0.005
 class _ConsumerThread(faust_kafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport):
         consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by the fetcher aiokafka builds at start
+        # read by the fetcher aiokafka builds at start
+        consumer._fetch_max_wait_ms = FAUST_FETCH_MAX_WAIT_MS
+        consumer._fetch_min_bytes = FAUST_FETCH_MIN_BYTES
         return consumer
 
     async def on_start(self) -> None:
