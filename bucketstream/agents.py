@@ -302,7 +302,10 @@ async def peer_feed() -> None:
         while True:
             batch = await consumer.getmany(timeout_ms=1000)
             now = time.time()
+            lags = limiter.peer_lags
             for records in batch.values():
+                if records:  # one sample per partition fetch: when its newest record was produced
+                    lags.append(now - records[-1].timestamp / 1000)
                 for record in records:
                     if not record.value or record.value == EXPIRE:
                         continue
@@ -321,6 +324,23 @@ async def peer_feed() -> None:
                     mark_peer_feed_ready()
     finally:
         await consumer.stop()
+
+
+#: How often the loop-lag probe wakes (``bucketstream_event_loop_lag_seconds``).
+LOOP_PROBE_INTERVAL = 0.05
+
+
+@app.task
+async def watch_event_loop() -> None:
+    """Measure how late the event loop wakes a short sleep: the stretches of other
+    work that every request, flush and merge waits behind (the replication
+    delay's tail), next to the collector's pauses (``metrics.time_gc``)."""
+    metrics.time_gc()
+    loop = asyncio.get_running_loop()
+    while True:
+        before = loop.time()
+        await asyncio.sleep(LOOP_PROBE_INTERVAL)
+        metrics.LOOP_LAG.observe(max(0.0, loop.time() - before - LOOP_PROBE_INTERVAL))
 
 
 _admin: AIOKafkaAdminClient | None = None
@@ -395,7 +415,7 @@ async def _final_publish(producer: AIOKafkaProducer, topic: str) -> None:
 
 
 async def _publish(producer: AIOKafkaProducer, topic: str) -> None:
-    batch = limiter.take_dirty()
+    batch = limiter.take_dirty(time.time())
     if not batch:
         return
     metrics.DELTAS_FLUSHED.inc(len(batch))

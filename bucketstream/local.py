@@ -37,10 +37,12 @@ BOTTOM = BucketState()
 
 
 class Flushed(NamedTuple):
-    """A batch of admissions sent for one key: our counter after it, and when the first happened."""
+    """A batch of admissions sent for one key: our counter after it, when the first happened,
+    and when it was flushed."""
 
     counter: int
     first_admit: float
+    flushed_at: float
 
 
 def slot_count(state: BucketState, slot: int) -> int:
@@ -79,6 +81,8 @@ class Limiter:
         self.live_workers = 1  # workers in the consumer group, refreshed by a timer
         self._delay_estimate = 0.1
         self.update_lags: deque[float] = deque(maxlen=4096)  # update produced -> merged by the agent here
+        self.peer_lags: deque[float] = deque(maxlen=4096)  # update produced -> read by the peer feed here
+        self.return_lags: deque[float] = deque(maxlen=4096)  # our flush -> its state back in our view
         self.changelog_lags: deque[float] = deque(maxlen=4096)  # changelog produced -> applied to a standby here
 
     # -- the hot path --------------------------------------------------------
@@ -156,7 +160,7 @@ class Limiter:
         return self._delay_estimate
 
     # -- flushing --------------------------------------------------------------
-    def take_dirty(self) -> list[tuple[bytes, bytes]]:
+    def take_dirty(self, now: float = 0.0) -> list[tuple[bytes, bytes]]:
         """The (key, encoded whole state) pairs to publish now: one per touched key."""
         out = []
         for key, first in self._dirty.items():
@@ -164,7 +168,7 @@ class Limiter:
             if own is None:
                 continue
             out.append((key, encode(own)))
-            self._inflight.setdefault(key, deque()).append(Flushed(slot_count(own, self.slot), first))
+            self._inflight.setdefault(key, deque()).append(Flushed(slot_count(own, self.slot), first, now or first))
         self._dirty.clear()
         self.pending_sends += len(out)
         return out
@@ -246,7 +250,9 @@ class Limiter:
         if batches:
             seen = slot_count(state, self.slot)
             while batches and batches[0].counter <= seen:
-                self._on_delay_sample(now - batches.popleft().first_admit)
+                batch = batches.popleft()
+                self.return_lags.append(now - batch.flushed_at)
+                self._on_delay_sample(now - batch.first_admit)
             if not batches:
                 del self._inflight[key]
         own = self._own.get(key)

@@ -53,9 +53,35 @@ PEER_STATES = Counter("bucketstream_peer_states", "States joined into the local 
                       registry=REGISTRY)
 REPLICATION_DELAY = Histogram("bucketstream_replication_delay_seconds",
                               "First admission of a flushed batch until the local view shows it",
-                              buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10), registry=REGISTRY)
+                              buckets=(0.005, 0.01, 0.02, 0.05, 0.075, 0.1, 0.15, 0.2, 0.5, 1, 2, 5, 10),
+                              registry=REGISTRY)
+LOOP_LAG = Histogram("bucketstream_event_loop_lag_seconds",
+                     "How late the event loop woke a 50 ms sleep: time it spent on other work at a stretch "
+                     "(every request, flush and merge waits behind it)",
+                     buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1), registry=REGISTRY)
+GC_PAUSE = Histogram("bucketstream_gc_pause_seconds", "Garbage-collector passes, by generation (2 = full)",
+                     ["generation"], buckets=(0.0005, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5),
+                     registry=REGISTRY)
 KEYS = Gauge("bucketstream_keys", "Keys held, by kind (own_unreflected, cached)", ["kind"], registry=REGISTRY)
 READY = Gauge("bucketstream_ready", "1 once the table replicas are recovered and the worker decides", registry=REGISTRY)
+
+
+def time_gc() -> None:
+    """Time every garbage-collector pass into ``GC_PAUSE`` (it holds the whole process)."""
+    import gc
+    import time
+
+    started = [0.0]
+    by_generation = [GC_PAUSE.labels(str(g)) for g in range(3)]
+
+    def callback(phase: str, info: dict) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            by_generation[info["generation"]].observe(time.perf_counter() - started[0])
+
+    gc.callbacks.append(callback)
+
 
 def decision(policy: str, outcome: str) -> None:
     key = (policy, outcome)

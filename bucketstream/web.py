@@ -288,6 +288,8 @@ class Stats(View):
                 "root_log_level": logging.getLevelName(logging.getLogger().getEffectiveLevel()),
                 "replication_delay": _summary(delays),
                 "update_lag": _summary(list(limiter.update_lags)),
+                "peer_lag": _summary(list(limiter.peer_lags)),
+                "return_lag": _summary(list(limiter.return_lags)),
                 "changelog_lag": _summary(list(limiter.changelog_lags)),
                 "bulk_recovery": recovery.STATS.as_dict(),
             }
