@@ -199,6 +199,15 @@ def kafka_rows(results: dict) -> list[tuple[str, dict, float]]:
     return out
 
 
+def replication_rows(results: dict) -> list[tuple[str, float, dict]]:
+    """(scenario, load as a fraction of the ceiling, entry) of every replication run, lighter loads first."""
+    load = (results.get("config") or {}).get("replication_load", 0.1)
+    rows = [(e["scenario"], e["fraction"], e) for e in results.get("replication_sweep", [])]
+    rows += [(sc, load, e) for sc, e in results["replication"].items()]
+    order = {"hot": 0, "unique": 1}
+    return sorted(rows, key=lambda r: (order.get(r[0], 2), r[1]))
+
+
 def kafka_table(results: dict) -> list[str]:
     lines = ["| run | req/s | requests | update-topic records | per request | changelog records "
              "| per request | total per request | writes went on after the load |",
@@ -364,9 +373,47 @@ def markdown(results: dict) -> str:
                        f"{_ms(e['p99_ms_http'])} | {per} |")
         out += ["", "Replication delay: first admission of a flushed batch until the worker's view shows it back "
                     "from Kafka (the same hop that brings it to the other workers). Whole phase: the workers' "
-                    "Prometheus histograms (bucket bounds 5, 10, 20, 50, 100, 200, 500 ms, 1, 2, 5, 10 s), pooled; "
-                    "end of the phase: each worker's `/stats` summary of its most recent samples. All three workers "
-                    "share the two cores with the broker and three wrk processes."]
+                    "Prometheus histograms (bucket bounds 5, 10, 20, 50, 75, 100, 150, 200, 500 ms, 1, 2, 5, 10 s), "
+                    "pooled; end of the phase: each worker's `/stats` summary of its most recent samples. All three "
+                    "workers share the two cores with the broker and three wrk processes."]
+        rows = replication_rows(results)
+        if len(rows) > len(rep):
+            out += ["", "### Replication delay against load", "",
+                    "| users | offered req/s (total) | × ceiling | achieved | machine CPU busy (2 cores) | "
+                    "whole run: p50 / p99 | delays > 100 ms | HTTP p99 ms (worst worker) |",
+                    "|---|---:|---:|---:|---:|---:|---:|---:|"]
+            for sc, fraction, e in rows:
+                h = e.get("histogram") or {}
+                over = (e.get("stalls") or {}).get("delay_over_100ms")
+                share = f"{over:,} ({100 * over / h['samples']:.2g} %)" if over is not None and h.get("samples") \
+                    else "-"
+                busy = f"{100 * e['busy']:.0f} %" if e.get("busy") is not None else "-"
+                out.append(f"| {sc} | {_int(e['offered_total'])} | {fraction:g} | {_int(e['achieved_total'])} | "
+                           f"{busy} | ≤ {_le(h.get('p50_le'))} / ≤ {_le(h.get('p99_le'))} | {share} | "
+                           f"{_ms(e['p99_ms_http'])} |")
+            out += ["", "Each row is one 15 s run on the same three workers, lighter loads first; p50 / p99 are "
+                        "upper bounds from the pooled histograms. \"Machine CPU busy\" is the whole box's "
+                        "(/proc/stat): the workers, the broker and the three wrk processes together."]
+        stalled = [(sc, e["stalls"]) for sc, e in rep.items() if e.get("stalls")]
+        if stalled:
+            out += ["", "What the delay's tail waits behind, pooled over the three workers during the phase:", "",
+                    "| users | delays > 100 ms | Kafka hop p50 / p99 (worst worker) | event-loop lag p50 / p99 | "
+                    "loop stretches > 50 ms | > 100 ms | full collections (p99) | of them > 50 ms |",
+                    "|---|---:|---:|---:|---:|---:|---:|---:|"]
+            for sc, st in stalled:
+                lag, gc_full = st["loop_lag"], st["gc_full"]
+                hops = [w["peer_lag"] for w in rep[sc]["workers"] if (w.get("peer_lag") or {}).get("samples")]
+                hop = (f"{_ms(max(h['p50'] for h in hops) * 1000)} / {_ms(max(h['p99'] for h in hops) * 1000)} ms"
+                       if hops else "-")
+                out.append(f"| {sc} | {_int(st['delay_over_100ms'])} | {hop} | ≤ {_le(lag.get('p50_le'))} / "
+                           f"≤ {_le(lag.get('p99_le'))} | {_int(st['loop_over_50ms'])} | "
+                           f"{_int(st['loop_over_100ms'])} | {_int(gc_full.get('samples'))} "
+                           f"(≤ {_le(gc_full.get('p99_le'))}) | {_int(st['gc_full_over_50ms'])} |")
+            out += ["", "Kafka hop: a flushed record's produce timestamp until the peer feed of a worker read it "
+                        "(the last 4096 fetches of each worker; `/stats` `peer_lag`). "
+                        "Event-loop lag: how late each worker's loop woke a 50 ms sleep "
+                        "(`bucketstream_event_loop_lag_seconds`, one sample per wake); full collections: "
+                        "generation-2 passes of the garbage collector (`bucketstream_gc_pause_seconds`)."]
         if any(e.get("mixed_with_earlier") for e in rep.values()):
             out.append("Some of these summaries include samples of the phase before (fewer than 4096 in this one).")
         out.append("")
@@ -447,9 +494,16 @@ def summary_block(results: dict) -> str:
                          f"{_per(k['total_per_request'])} ({_per(k['updates_per_request'])} update + "
                          f"{_per(k['changelog_per_request'])} changelog; writes went on {k['drain_seconds']:.0f} s "
                          "after the load)")
+    rows = replication_rows(results)
     for scenario, e in results["replication"].items():
         h = e.get("histogram") or {}
-        if h.get("samples"):
+        mine = [r for sc, _, r in rows if sc == scenario and (r.get("histogram") or {}).get("samples")]
+        if len(mine) > 1:
+            facts.append(f"replication delay p99, three workers, {scenario} user(s): " + ", ".join(
+                f"≤ {_le(r['histogram']['p99_le'])} at {_int(r['achieved_total'])} req/s"
+                + (f" (machine {100 * r['busy']:.0f} % busy)" if r.get("busy") is not None else "")
+                for r in mine))
+        elif h.get("samples"):
             facts.append(f"replication delay, three workers, {scenario} user(s), {_int(e['achieved_total'])} req/s "
                          f"in total: p50 ≤ {_le(h['p50_le'])}, p99 ≤ {_le(h['p99_le'])}")
         else:

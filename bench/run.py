@@ -72,6 +72,8 @@ class Config:
     recovery_timeout: float = 900.0
     replication_duration: float = 15.0
     replication_load: float = 0.1  # total offered to the three workers, as a fraction of the ceiling
+    replication_sweep: list[float] = field(default_factory=lambda: [0.025, 0.05])  # lighter loads first
+    flush_interval: float | None = None  # the workers' BUCKETSTREAM_FLUSH_INTERVAL (None: their default)
     drain_timeout: float = 120.0  # how long to wait for a worker's Kafka writes to stop after a run
     partitions: int = 8
     pin: bool = True
@@ -84,6 +86,7 @@ class Config:
     def smoke_mode(cls, **kw) -> "Config":
         return cls(smoke=True, duration=1.0, warmup=0.0, repeats=1, isolate=False, fractions=[0.5], memory_keys=1_000,
                    recovery_keys=1_000, recovery_timeout=120.0, replication_duration=1.0, profile=False,
+                   replication_sweep=[],
                    drain_timeout=2.0, **kw)
 
 
@@ -310,8 +313,9 @@ class Bench:
 
         tmp = self.work / tag
         tmp.mkdir(parents=True, exist_ok=True)
+        extra = {"flush_interval": self.cfg.flush_interval} if self.cfg.flush_interval else {}
         p = WorkerPool(self.broker, tmp, app_id=f"bench-{tag}-{uuid.uuid4().hex[:6]}", capacity=CAPACITY,
-                       rate=RATE, partitions=self.cfg.partitions)
+                       rate=RATE, partitions=self.cfg.partitions, **extra)
         self.pools.append(p)
         return p
 
@@ -471,42 +475,74 @@ class Bench:
     def phase_replication(self) -> None:
         log("phase 4/5: replication delay, three workers under load")
         p = self.pool("three")
+        sweep = self.results.setdefault("replication_sweep", [])
         try:
             workers = p.start(3)
-            total = self.cfg.replication_load * self.ceiling
             for scenario in ("hot", "unique"):
-                before, _ = self.quiet_totals(p.app_id, workers)
-                hist0 = [delay_histogram(w) for w in workers]
-                counts0 = [int(h.get(float("inf"), 0)) for h in hist0]
-                prefix = self.prefix("repl")
-                with concurrent.futures.ThreadPoolExecutor(3) as ex:
-                    futs = [ex.submit(self.wrk, w.port, f"bucketstream x3 [{i}]", scenario,
-                                      self.cfg.replication_duration, total / 3, False, prefix=prefix)
-                            for i, w in enumerate(workers)]
-                    runs = [f.result() for f in futs]
-                per_worker = [stats(w) for w in workers]
-                pooled = histogram_quantiles(hist0, [delay_histogram(w) for w in workers])
-                after, drain = self.quiet_totals(p.app_id, workers)
-                entry = {
-                    "offered_total": total, "achieved_total": sum(r.rps for r in runs),
-                    "requests": sum(r.requests for r in runs),
-                    "p99_ms_http": max(r.p99_ms for r in runs),
-                    "workers": [{"port": w.port, **s["replication_delay"], "phase_samples": delay_count(w) - c0}
-                                for w, s, c0 in zip(workers, per_worker, counts0)],
-                }
-                entry["histogram"] = pooled
-                # /stats summarizes the most recent samples: fewer in this phase means some are older
-                entry["mixed_with_earlier"] = any(x["phase_samples"] < x["samples"] for x in entry["workers"])
-                delays = [s["replication_delay"] for s in per_worker if s["replication_delay"]["samples"]]
-                entry["p50_ms"] = _median([d["p50"] * 1000 for d in delays]) if delays else None
-                entry["p99_ms"] = max(d["p99"] * 1000 for d in delays) if delays else None
-                entry["max_ms"] = max(d["max"] * 1000 for d in delays) if delays else None
+                for fraction in self.cfg.replication_sweep:
+                    entry = self.replication_run(p, workers, scenario, fraction * self.ceiling)
+                    sweep.append({"scenario": scenario, "fraction": fraction, **{
+                        k: entry[k] for k in ("offered_total", "achieved_total", "histogram", "stalls", "busy",
+                                              "p99_ms_http")}})
+                entry = self.replication_run(p, workers, scenario, self.cfg.replication_load * self.ceiling)
                 self.results["replication"][scenario] = entry
-                entry["kafka"] = kafka_entry(runs, before, after, 3, drain)
-                log(f"  replication delay ({scenario}): p50 {_fmt(entry['p50_ms'])} ms, worst p99 "
-                    f"{_fmt(entry['p99_ms'])} ms over {sum(d['samples'] for d in delays)} samples")
         finally:
             self.stop_pool(p)
+
+    def replication_run(self, p, workers, scenario: str, total: float) -> dict:
+        """One run of ``scenario`` at ``total`` req/s spread over the three workers."""
+        before, _ = self.quiet_totals(p.app_id, workers)
+        all0 = [histograms(w) for w in workers]
+        hist0 = [h["delay"] for h in all0]
+        counts0 = [int(h.get(float("inf"), 0)) for h in hist0]
+        prefix = self.prefix("repl")
+        busy0 = machine_busy()
+        with concurrent.futures.ThreadPoolExecutor(3) as ex:
+            futs = [ex.submit(self.wrk, w.port, f"bucketstream x3 [{i}]", scenario,
+                              self.cfg.replication_duration, total / 3, False, prefix=prefix)
+                    for i, w in enumerate(workers)]
+            runs = [f.result() for f in futs]
+        busy1 = machine_busy()
+        per_worker = [stats(w) for w in workers]
+        all1 = [histograms(w) for w in workers]
+        pooled = histogram_quantiles(hist0, [h["delay"] for h in all1])
+        lag0, lag1 = [h["loop_lag"] for h in all0], [h["loop_lag"] for h in all1]
+        gc0, gc1 = [h["gc_full"] for h in all0], [h["gc_full"] for h in all1]
+        after, drain = self.quiet_totals(p.app_id, workers)
+        entry = {
+            "offered_total": total, "achieved_total": sum(r.rps for r in runs),
+            "requests": sum(r.requests for r in runs),
+            "p99_ms_http": max(r.p99_ms for r in runs),
+            "workers": [{"port": w.port, **s["replication_delay"], "phase_samples": delay_count(w) - c0,
+                         "peer_lag": s.get("peer_lag"), "update_lag": s.get("update_lag"),
+                         "return_lag": s.get("return_lag")}
+                        for w, s, c0 in zip(workers, per_worker, counts0)],
+            # the whole machine's CPU in use during the run (both cores, every process)
+            "busy": (busy1[0] - busy0[0]) / (busy1[1] - busy0[1]) if busy1[1] > busy0[1] else None,
+        }
+        entry["histogram"] = pooled
+        # what the delay's tail waits behind: event-loop stretches and full collections
+        entry["stalls"] = {
+            "loop_lag": histogram_quantiles(lag0, lag1),
+            "loop_over_50ms": histogram_over(lag0, lag1, 0.05),
+            "loop_over_100ms": histogram_over(lag0, lag1, 0.1),
+            "gc_full": histogram_quantiles(gc0, gc1),
+            "gc_full_over_50ms": histogram_over(gc0, gc1, 0.05),
+            "delay_over_100ms": histogram_over(hist0, [h["delay"] for h in all1], 0.1),
+        }
+        # /stats summarizes the most recent samples: fewer in this phase means some are older
+        entry["mixed_with_earlier"] = any(x["phase_samples"] < x["samples"] for x in entry["workers"])
+        delays = [s["replication_delay"] for s in per_worker if s["replication_delay"]["samples"]]
+        entry["p50_ms"] = _median([d["p50"] * 1000 for d in delays]) if delays else None
+        entry["p99_ms"] = max(d["p99"] * 1000 for d in delays) if delays else None
+        entry["max_ms"] = max(d["max"] * 1000 for d in delays) if delays else None
+        entry["kafka"] = kafka_entry(runs, before, after, 3, drain)
+        h = pooled
+        log(f"  replication delay ({scenario}, {total:,.0f} req/s): whole run p50 ≤ {_fmt_le(h['p50_le'])}, "
+            f"p99 ≤ {_fmt_le(h['p99_le'])} over {h['samples']} samples, "
+            f"{entry['stalls']['delay_over_100ms']} over 100 ms; machine CPU "
+            f"{_fmt(100 * entry['busy']) if entry['busy'] is not None else '-'} % busy")
+        return entry
 
     def phase_recovery(self) -> None:
         from bench.kafka import produce_changelog
@@ -646,13 +682,46 @@ class _PinnedBroker:
 
 def delay_histogram(w) -> dict[float, float]:
     """The worker's replication-delay histogram so far: upper bound (s) -> cumulative count."""
+    return histograms(w)["delay"]
+
+
+#: Histograms the replication phase reads from each worker's /metrics: name -> (metric, a label it must have)
+HISTOGRAMS = {
+    "delay": ("bucketstream_replication_delay_seconds", ""),
+    "loop_lag": ("bucketstream_event_loop_lag_seconds", ""),
+    "gc_full": ("bucketstream_gc_pause_seconds", 'generation="2"'),
+}
+
+
+def histograms(w) -> dict[str, dict[float, float]]:
+    """The worker's histograms of HISTOGRAMS so far: upper bound (s) -> cumulative count."""
     status, _, body = w.request("GET", "/metrics", timeout=30)
-    out = {}
+    out: dict[str, dict[float, float]] = {name: {} for name in HISTOGRAMS}
     for line in body.decode().splitlines():
-        if line.startswith("bucketstream_replication_delay_seconds_bucket{"):
-            le = line.split('le="', 1)[1].split('"', 1)[0]
-            out[float(le)] = float(line.split()[-1])
+        for name, (metric, label) in HISTOGRAMS.items():
+            if line.startswith(metric + "_bucket{") and label in line:
+                le = line.split('le="', 1)[1].split('"', 1)[0]
+                out[name][float(le)] = float(line.split()[-1])
     return out
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU time of the whole machine so far, from /proc/stat (jiffies)."""
+    with open("/proc/stat") as f:
+        fields = [float(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def _fmt_le(seconds) -> str:
+    return "-" if seconds is None else ("∞" if seconds == float("inf") else f"{seconds * 1000:g} ms")
+
+
+def histogram_over(before: list[dict], after: list[dict], bound: float) -> int:
+    """Samples above ``bound`` (a bucket bound) taken between ``before`` and ``after``, summed over workers."""
+    inf = float("inf")
+    return int(sum((a.get(inf, 0) - bf.get(inf, 0)) - (a.get(bound, 0) - bf.get(bound, 0))
+                   for a, bf in zip(after, before)))
 
 
 def delay_count(w) -> int:
@@ -741,6 +810,8 @@ def parse(argv: list[str] | None) -> Config:
     ap.add_argument("--phases", help=f"comma-separated subset of {','.join(PHASES)} (the ceiling always runs first "
                                      "when a later phase needs its throughput)")
     ap.add_argument("--broker", metavar="HOST:PORT", help="use this Kafka broker instead of starting one")
+    ap.add_argument("--flush-interval", type=float, help="the workers' flush interval in seconds "
+                    "(BUCKETSTREAM_FLUSH_INTERVAL; default: theirs)")
     ap.add_argument("--no-pin", action="store_true", help="do not pin servers and wrk to separate cores")
     ap.add_argument("--no-profile", action="store_true", help="skip the py-spy profiles")
     ap.add_argument("--profile", action="store_true", help="take the py-spy profiles (default unless --smoke)")
@@ -751,7 +822,7 @@ def parse(argv: list[str] | None) -> Config:
     cfg.report_only = a.report_only
     if a.out:
         cfg.out = a.out.resolve()
-    for name in ("duration", "connections", "repeats", "memory_keys", "recovery_keys", "broker"):
+    for name in ("duration", "connections", "repeats", "memory_keys", "recovery_keys", "broker", "flush_interval"):
         if getattr(a, name) is not None:
             setattr(cfg, name, getattr(a, name))
     if a.fractions:
