@@ -66,6 +66,17 @@ def is_stale(key: bytes, state: crdt.BucketState, now: float) -> bool:
     return policy is not None and crdt.is_full(state, policy.rule, now - expire_horizon(policy.rule))
 
 
+def _producer(role: str) -> AIOKafkaProducer:
+    """A dedicated producer: ``acks=all``, sends at once, gives up a batch after PUBLISH_TIMEOUT_MS."""
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap_servers(settings),
+        client_id=f"{settings.node_id}-{role}",
+        acks="all",
+        linger_ms=0,
+        request_timeout_ms=PUBLISH_TIMEOUT_MS,
+    )
+
+
 class TableWrites:
     """The table writes of one merge batch: to this worker's RocksDB store at once,
     and kept in order per partition for the changelog (``write_changelog``).
@@ -240,13 +251,7 @@ async def _send_records(producer: AIOKafkaProducer, topic: str, partition: int,
 @app.agent(updates)
 async def merge(stream):
     """Join every update into the table (the table's only writer), a batch at a time."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap_servers(settings),
-        client_id=f"{settings.node_id}-changelog",
-        acks="all",
-        linger_ms=0,
-        request_timeout_ms=PUBLISH_TIMEOUT_MS,
-    )
+    producer = _producer("changelog")
     await producer.start()
     try:
         async for events in stream.take_events(MERGE_BATCH, within=MERGE_WITHIN):
@@ -382,13 +387,7 @@ async def flush_deltas() -> None:
     failed batch's keys go out again with the next flush.
     """
     topic = updates.get_topic_name()
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap_servers(settings),
-        client_id=f"{settings.node_id}-publisher",
-        acks="all",
-        linger_ms=0,
-        request_timeout_ms=PUBLISH_TIMEOUT_MS,
-    )
+    producer = _producer("publisher")
     await producer.start()
     try:
         while True:
