@@ -494,7 +494,6 @@ class Bench:
         before, _ = self.quiet_totals(p.app_id, workers)
         all0 = [histograms(w) for w in workers]
         hist0 = [h["delay"] for h in all0]
-        counts0 = [int(h.get(float("inf"), 0)) for h in hist0]
         prefix = self.prefix("repl")
         busy0 = machine_busy()
         with concurrent.futures.ThreadPoolExecutor(3) as ex:
@@ -505,7 +504,8 @@ class Bench:
         busy1 = machine_busy()
         per_worker = [stats(w) for w in workers]
         all1 = [histograms(w) for w in workers]
-        pooled = histogram_quantiles(hist0, [h["delay"] for h in all1])
+        hist1 = [h["delay"] for h in all1]
+        pooled = histogram_quantiles(hist0, hist1)
         lag0, lag1 = [h["loop_lag"] for h in all0], [h["loop_lag"] for h in all1]
         gc0, gc1 = [h["gc_full"] for h in all0], [h["gc_full"] for h in all1]
         after, drain = self.quiet_totals(p.app_id, workers)
@@ -513,10 +513,10 @@ class Bench:
             "offered_total": total, "achieved_total": sum(r.rps for r in runs),
             "requests": sum(r.requests for r in runs),
             "p99_ms_http": max(r.p99_ms for r in runs),
-            "workers": [{"port": w.port, **s["replication_delay"], "phase_samples": delay_count(w) - c0,
+            "workers": [{"port": w.port, **s["replication_delay"], "phase_samples": samples(h0, h1),
                          "peer_lag": s.get("peer_lag"), "update_lag": s.get("update_lag"),
                          "return_lag": s.get("return_lag")}
-                        for w, s, c0 in zip(workers, per_worker, counts0)],
+                        for w, s, h0, h1 in zip(workers, per_worker, hist0, hist1)],
             # the whole machine's CPU in use during the run (both cores, every process)
             "busy": (busy1[0] - busy0[0]) / (busy1[1] - busy0[1]) if busy1[1] > busy0[1] else None,
         }
@@ -528,7 +528,7 @@ class Bench:
             "loop_over_100ms": histogram_over(lag0, lag1, 0.1),
             "gc_full": histogram_quantiles(gc0, gc1),
             "gc_full_over_50ms": histogram_over(gc0, gc1, 0.05),
-            "delay_over_100ms": histogram_over(hist0, [h["delay"] for h in all1], 0.1),
+            "delay_over_100ms": histogram_over(hist0, hist1, 0.1),
         }
         # /stats summarizes the most recent samples: fewer in this phase means some are older
         entry["mixed_with_earlier"] = any(x["phase_samples"] < x["samples"] for x in entry["workers"])
@@ -538,8 +538,8 @@ class Bench:
         entry["max_ms"] = max(d["max"] * 1000 for d in delays) if delays else None
         entry["kafka"] = kafka_entry(runs, before, after, 3, drain)
         h = pooled
-        log(f"  replication delay ({scenario}, {total:,.0f} req/s): whole run p50 ≤ {_fmt_le(h['p50_le'])}, "
-            f"p99 ≤ {_fmt_le(h['p99_le'])} over {h['samples']} samples, "
+        log(f"  replication delay ({scenario}, {total:,.0f} req/s): whole run p50 ≤ {report._le(h['p50_le'])}, "
+            f"p99 ≤ {report._le(h['p99_le'])} over {h['samples']} samples, "
             f"{entry['stalls']['delay_over_100ms']} over 100 ms; machine CPU "
             f"{_fmt(100 * entry['busy']) if entry['busy'] is not None else '-'} % busy")
         return entry
@@ -680,11 +680,6 @@ class _PinnedBroker:
         return Pinned(port=port, state_dir=state_dir)
 
 
-def delay_histogram(w) -> dict[float, float]:
-    """The worker's replication-delay histogram so far: upper bound (s) -> cumulative count."""
-    return histograms(w)["delay"]
-
-
 #: Histograms the replication phase reads from each worker's /metrics: name -> (metric, a label it must have)
 HISTOGRAMS = {
     "delay": ("bucketstream_replication_delay_seconds", ""),
@@ -713,20 +708,15 @@ def machine_busy() -> tuple[float, float]:
     return sum(fields) - idle, sum(fields)
 
 
-def _fmt_le(seconds) -> str:
-    return "-" if seconds is None else ("∞" if seconds == float("inf") else f"{seconds * 1000:g} ms")
-
-
 def histogram_over(before: list[dict], after: list[dict], bound: float) -> int:
     """Samples above ``bound`` (a bucket bound) taken between ``before`` and ``after``, summed over workers."""
+    return sum(samples(bf, a) - int(a.get(bound, 0) - bf.get(bound, 0)) for a, bf in zip(after, before))
+
+
+def samples(before: dict, after: dict) -> int:
+    """Samples a histogram took between two reads (its +Inf bucket)."""
     inf = float("inf")
-    return int(sum((a.get(inf, 0) - bf.get(inf, 0)) - (a.get(bound, 0) - bf.get(bound, 0))
-                   for a, bf in zip(after, before)))
-
-
-def delay_count(w) -> int:
-    """Replication-delay samples this worker has taken so far."""
-    return int(delay_histogram(w).get(float("inf"), 0))
+    return int(after.get(inf, 0) - before.get(inf, 0))
 
 
 def histogram_quantiles(before: list[dict], after: list[dict]) -> dict:

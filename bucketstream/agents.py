@@ -106,9 +106,6 @@ class TableWrites:
             db.put(key, raw)
         self.by_partition.setdefault(partition, []).append((key, raw))
 
-    def __len__(self) -> int:
-        return sum(map(len, self.by_partition.values()))
-
 
 def apply_expire(key: bytes, now: float, partition: int, writes: TableWrites) -> str:
     current_raw = writes.read(partition, key)
@@ -149,8 +146,8 @@ def apply_batch(events, now: float) -> TableWrites:
 
     An expiry request is a barrier for its key: what came before it is merged
     before it, what came after is merged after it. Stale states are dropped one
-    by one. Each key is written to the partition its
-    update came from (the update topic is co-partitioned with the table).
+    by one. Each key is written to the partition its update came from (the
+    update topic is co-partitioned with the table).
     """
     writes = TableWrites()
     joined: dict[bytes, crdt.BucketState] = {}
@@ -231,21 +228,33 @@ async def _write_partition(producer: AIOKafkaProducer, topic: str, partition: in
 
 async def _send_records(producer: AIOKafkaProducer, topic: str, partition: int,
                         records: list[tuple[bytes, bytes | None]]) -> int:
-    """Append the records to as few batches as they fit in; returns the offset of the last one."""
+    """Send the records in as few batches as they fit in; returns the offset of the last one."""
     futures, counts = [], []
+    for builder, keys in _fill_batches(producer, records):
+        if builder is None:
+            raise ValueError(f"changelog record of key {keys[0]!r} does not fit a record batch")
+        futures.append(await producer.send_batch(builder, topic, partition=partition))
+        counts.append(len(keys))
+    metas = await asyncio.gather(*futures)
+    return metas[-1].offset + counts[-1] - 1
+
+
+def _fill_batches(producer: AIOKafkaProducer, records: list[tuple[bytes, bytes | None]]):
+    """Yield ``(batch, keys)``: the records, in order, appended to as few record batches as
+    they fit in; a record larger than an empty batch comes alone as ``(None, [key])``."""
     i = 0
     while i < len(records):
         builder = producer.create_batch()
-        n = 0
+        keys = []
         while i < len(records) and builder.append(key=records[i][0], value=records[i][1], timestamp=None):
+            keys.append(records[i][0])
             i += 1
-            n += 1
-        if not n:
-            raise ValueError(f"changelog record of key {records[i][0]!r} does not fit a record batch")
-        futures.append(await producer.send_batch(builder, topic, partition=partition))
-        counts.append(n)
-    metas = await asyncio.gather(*futures)
-    return metas[-1].offset + counts[-1] - 1
+        if not keys:
+            keys.append(records[i][0])
+            i += 1
+            yield None, keys
+        else:
+            yield builder, keys
 
 
 @app.agent(updates)
@@ -426,17 +435,9 @@ async def _publish(producer: AIOKafkaProducer, topic: str) -> None:
 
 async def _send_partition(producer: AIOKafkaProducer, topic: str, partition: int,
                           records: list[tuple[bytes, bytes]]) -> None:
-    """Append the records to as few batches as they fit in; never raises (failures resend)."""
-    i = 0
-    while i < len(records):
-        builder = producer.create_batch()
-        keys = []
-        while i < len(records) and builder.append(key=records[i][0], value=records[i][1], timestamp=None):
-            keys.append(records[i][0])
-            i += 1
-        if not keys:  # a record larger than an empty batch: aiokafka's max_batch_size is far above ours
-            keys.append(records[i][0])
-            i += 1
+    """Send the records in as few batches as they fit in; never raises (failures resend)."""
+    for builder, keys in _fill_batches(producer, records):
+        if builder is None:  # a record larger than an empty batch: aiokafka's max_batch_size is far above ours
             limiter.on_sent(keys, True, time.time())
             log.error("state of key %r does not fit a record batch", keys[0])
             continue

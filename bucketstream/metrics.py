@@ -8,6 +8,9 @@ text says which share).
 
 from __future__ import annotations
 
+import gc
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import CounterMetricFamily
@@ -68,9 +71,6 @@ READY = Gauge("bucketstream_ready", "1 once the table replicas are recovered and
 
 def time_gc() -> None:
     """Time every garbage-collector pass into ``GC_PAUSE`` (it holds the whole process)."""
-    import gc
-    import time
-
     started = [0.0]
     by_generation = [GC_PAUSE.labels(str(g)) for g in range(3)]
 
