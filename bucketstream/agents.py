@@ -18,9 +18,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from faust.types import TP
 
-from bucketstream import crdt, metrics
+from bucketstream import crdt, metrics, spill
 from bucketstream.app import FETCH_MAX_WAIT_MS, PREFETCH_BACKOFF, app, settings
-from bucketstream.tables import RULES, buckets, limiter, mark_peer_feed_ready, partition_for, store_for
+from bucketstream.tables import (RULES, buckets, limiter, mark_peer_feed_ready, mark_stopping, partition_for,
+                                 store_for)
 from bucketstream.topics import bootstrap_servers
 
 log = logging.getLogger(__name__)
@@ -301,6 +302,7 @@ async def peer_feed() -> None:
     if fetcher is not None:  # as for Faust's consumer (app.py): no 100 ms hold-back of the next fetch
         fetcher._prefetch_backoff = PREFETCH_BACKOFF
     try:
+        await publish_spilled()  # before the end offsets below: the view reads them back before serving
         tps = [TopicPartition(topic, p) for p in range(settings.partitions)]
         consumer.assign(tps)
         since = int((time.time() - PEER_LOOKBACK) * 1000)
@@ -395,6 +397,8 @@ async def flush_deltas() -> None:
     each batch's send future says whether Kafka has it (``acks=all``), and a
     failed batch's keys go out again with the next flush.
     """
+    global _flush_task
+    _flush_task = asyncio.current_task()
     topic = updates.get_topic_name()
     producer = _producer("publisher")
     await producer.start()
@@ -405,21 +409,96 @@ async def flush_deltas() -> None:
     finally:
         # stopping (SIGTERM, a rolling restart): what was admitted since the last
         # flush goes out too, and stop() waits for Kafka to have every batch
+        failure: BaseException | None = None
         try:
             await asyncio.wait_for(_final_publish(producer, topic), SHUTDOWN_FLUSH_TIMEOUT)
-        except Exception as exc:  # noqa: BLE001 - broker away at shutdown: say what was not sent
-            log.error("stopping with %d key(s) not published: %r", limiter.own_keys, exc)
+        except Exception as exc:  # noqa: BLE001 - broker away at shutdown: keep the states on disk
+            failure = exc
+        if failure is not None or limiter.unsettled:
+            keep_unpublished(failure)
 
 
 #: How long a stopping worker waits for its last deltas to reach Kafka.
 SHUTDOWN_FLUSH_TIMEOUT = 10.0
 
+_flush_task: asyncio.Task | None = None
+
+
+async def publish_before_stopping() -> None:
+    """The first step of a worker's stop (``BucketApp.on_stop``), before Faust stops its
+    consumer: admit nothing more (503), then end the flusher, whose last publish holds
+    every admission (or, with Kafka away, keeps them on disk: ``keep_unpublished``).
+
+    First, because the rest of Faust's stop may never end while the broker is
+    away, and the flusher's own end would otherwise come after it.
+    """
+    mark_stopping()
+    task = _flush_task
+    if task is not None and not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=SHUTDOWN_FLUSH_TIMEOUT + 5.0)
+
 
 async def _final_publish(producer: AIOKafkaProducer, topic: str) -> None:
     await _publish(producer, topic)
     await producer.stop()
-    if limiter.own_keys:
+    if limiter.own_keys and not limiter.unsettled:
         log.info("stopped: last deltas of %d key(s) published", limiter.own_keys)
+
+
+def keep_unpublished(failure: BaseException | None) -> None:
+    """Kafka did not take this worker's last states: keep them in its data directory,
+    for the next process started on it to publish (``publish_spilled``)."""
+    path = spill.path_in(settings.data_dir)
+    states = limiter.own_encoded()
+    if not states:
+        return
+    try:
+        held = spill.write(path, states)
+    except (OSError, spill.SpillError) as exc:
+        log.error("stopping with %d key(s) not published (%r), and they could not be kept in %s: %r; "
+                  "those admissions are lost from the merged state", len(states), failure, path, exc)
+        return
+    log.error("stopping with %d key(s) not published (%r): kept in %s (%d key(s)); the next worker "
+              "started with this data directory publishes them before it serves", len(states), failure,
+              path, held)
+
+
+async def publish_spilled() -> None:
+    """Publish what the last process on this data directory could not, then delete the file.
+
+    Runs before the peer feed reads the update topic's end, so this worker's
+    view holds those states before it serves (it is not ready until then).
+    Kafka is reachable (the worker got this far), but a send that fails is
+    tried again until Kafka has the states: deleting the file before that would
+    lose them.
+    """
+    path = spill.path_in(settings.data_dir)
+    states = spill.read(path)
+    if not states:
+        return
+    topic = updates.get_topic_name()
+    by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
+    for key, raw in states.items():
+        by_partition.setdefault(partition_for(key), []).append((key, raw))
+    producer = _producer("spill")
+    await producer.start()
+    try:
+        wait = 0.1
+        while True:
+            try:
+                await asyncio.gather(*(_send_records(producer, topic, p, records)
+                                       for p, records in by_partition.items()))
+                break
+            except Exception as exc:  # noqa: BLE001 - not in Kafka yet: the file stays, try again
+                log.warning("publishing %d kept state(s) from %s failed: %r; trying again", len(states), path, exc)
+                await asyncio.sleep(wait)
+                wait = min(2 * wait, 5.0)
+    finally:
+        await producer.stop()
+    path.unlink()
+    log.warning("published %d state(s) the last process on %s could not, and deleted the file",
+                len(states), settings.data_dir)
 
 
 async def _publish(producer: AIOKafkaProducer, topic: str) -> None:

@@ -7,6 +7,7 @@ the bottom of this file.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 
@@ -59,6 +60,16 @@ class _ConsumerThread(faust_kafka.AIOKafkaConsumerThread):
         if fetcher is not None:
             fetcher._prefetch_backoff = PREFETCH_BACKOFF
 
+    async def on_thread_stop(self) -> None:
+        # With the broker away, aiokafka's Fetcher.close() cancels a fetch that is
+        # backing off after a failed request and awaits it, which re-raises the
+        # cancellation (aio-libs/aiokafka#647); mode then never marks the consumer
+        # thread shut down, and the worker hung on SIGTERM for good.
+        try:
+            await super().on_thread_stop()
+        except asyncio.CancelledError:
+            log.warning("Kafka consumer stopped without closing cleanly (broker away?)")
+
 
 class _Consumer(faust_kafka.Consumer):
     def _new_consumer_thread(self) -> _ConsumerThread:
@@ -84,6 +95,12 @@ class BucketApp(faust.App):
 
     def _new_transport(self):
         return _Transport(self.conf.broker_consumer, self)
+
+    async def on_stop(self) -> None:
+        from bucketstream.agents import publish_before_stopping
+
+        await publish_before_stopping()  # before Faust's own stop, which may hang with the broker away
+        await super().on_stop()
 
 
 async def _bulk_recover() -> None:

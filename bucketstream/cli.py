@@ -22,6 +22,7 @@ import time
 
 import click
 
+from bucketstream import spill
 from bucketstream.settings import ENV_PREFIX, ConfigError, Settings, load
 
 _FIELDS = Settings.model_fields
@@ -86,8 +87,14 @@ def worker(**options) -> None:
 
         # topics first, so a cluster that cannot hold them is named here, not in a traceback
         asyncio.run(ensure_topics(settings))
+        # states a stopped worker kept on this data directory: published before serving
+        spill.read(spill.path_in(settings.data_dir))
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    except spill.SpillError as exc:
+        raise click.ClickException(
+            f"{exc}: it holds admissions the last worker on this data directory could not publish; "
+            "move it away to start without them (they are then lost from the merged state)") from None
 
     from faust import Worker
 

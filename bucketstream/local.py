@@ -286,6 +286,17 @@ class Limiter:
         return len(self._own)
 
     @property
+    def unsettled(self) -> bool:
+        """Whether some admission may not be in Kafka yet: a key waiting for a flush,
+        or a flushed state Kafka has not acknowledged."""
+        return bool(self._dirty) or self.pending_sends > 0
+
+    def own_encoded(self) -> dict[bytes, bytes]:
+        """Every own state the replica does not show yet, encoded (what a stopping
+        worker keeps on disk when Kafka is away)."""
+        return {key: encode(state) for key, state in self._own.items()}
+
+    @property
     def cached_keys(self) -> int:
         return len(self._replica)
 

@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     broker: str = Field("kafka://127.0.0.1:9092", description="Kafka bootstrap servers, kafka://host:port[;host:port...]")
     web_host: str = Field("127.0.0.1", description="address the HTTP server binds")
     web_port: int = Field(6066, ge=1, le=65535, description="HTTP port of this worker")
-    data_dir: Path | None = Field(None, description="RocksDB state directory, one per worker (default .run/worker-<web_port>)")
+    data_dir: Path | None = Field(None, description="RocksDB state directory, one per worker (default .run/worker-<web_port>); a worker stopped while Kafka was away keeps its unpublished admissions here for the next start")
     node_id: str = Field("", description="this worker's name in logs and metrics (default <hostname>-<web_port>)")
     capacity: float = Field(10.0, description="default rule: bucket capacity in tokens (> 0)")
     rate: float = Field(1.0, description="default rule: refill in tokens per second (> 0; 0.1 = one token every 10 s)")

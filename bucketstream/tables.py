@@ -126,12 +126,26 @@ metrics.KEYS.labels("cached").set_function(lambda: limiter.cached_keys)
 
 _ready = False
 _peer_feed_ready = False
+_stopping = False
 
 
 def mark_peer_feed_ready() -> None:
     """The update-topic reader has caught up with what was there when it started."""
     global _peer_feed_ready
     _peer_feed_ready = True
+
+
+def mark_stopping() -> None:
+    """The worker is stopping: from now on it admits nothing (503, like a worker that is
+    not ready yet), so the last publish it is about to make holds every admission."""
+    global _ready, _stopping
+    _stopping = True
+    _ready = False
+    metrics.READY.set(0)
+
+
+def is_stopping() -> bool:
+    return _stopping
 
 
 def tables_ready() -> bool:
@@ -142,7 +156,7 @@ def tables_ready() -> bool:
     RocksDB replicas stay on disk and keep answering while partitions move.
     """
     global _ready
-    if not _ready and _peer_feed_ready and app.tables.actives_ready and (
+    if not _ready and not _stopping and _peer_feed_ready and app.tables.actives_ready and (
         app.tables.standbys_ready or _standbys_caught_up()
     ):
         _ready = True

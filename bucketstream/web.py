@@ -26,7 +26,7 @@ from bucketstream import crdt, metrics, recovery
 from bucketstream.app import SLOT, app, settings
 from bucketstream.rules import Policy, Rules, UnknownResource
 from bucketstream.validate import BadRequest, check_key, check_resource, parse_user
-from bucketstream.tables import RULES, buckets, limiter, partition_for, tables_ready
+from bucketstream.tables import RULES, buckets, is_stopping, limiter, partition_for, tables_ready
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,8 @@ def decision_response(decision: crdt.Decision, policy: Policy, shadow_refused: b
 
 
 def not_ready() -> aioweb.Response:
+    if is_stopping():
+        return error(503, "this worker is stopping; try another one", {"Retry-After": "1"})
     return error(503, "tables are recovering; try again shortly", {"Retry-After": "1"})
 
 

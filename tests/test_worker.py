@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from bucketstream import crdt
+from bucketstream import crdt, spill
 from tests.cluster import wait_until
 
 pytestmark = pytest.mark.broker
@@ -107,6 +108,40 @@ def test_a_worker_stopped_right_after_admitting_loses_none_of_it(pool):
         bucket = w.bucket(f"user-{i}")
         assert bucket["consumed"] == 40, bucket
         assert w.protected(f"user-{i}")[0] == 429
+
+
+def test_a_worker_stopped_while_kafka_is_away_keeps_its_admissions_for_the_next_start(pool, broker):
+    """The broker is down, the worker admits from local state and is stopped: it cannot
+    publish, so it keeps those states in its data directory; the next process on that
+    directory publishes them before it serves, and the table counts every 200."""
+    (w,) = pool.start(1, capacity=40, rate=0.01)
+    path = spill.path_in(w.data_dir)
+    try:
+        broker.stop()
+        assert [w.protected("offline")[0] for _ in range(25)] == [200] * 25
+        t0 = time.monotonic()
+        w.stop(timeout=60)
+        print(f"\nstopped with the broker away in {time.monotonic() - t0:.1f} s")
+        assert w.proc.returncode == 0, w.log_tail()
+        kept = spill.read(path)
+        assert [crdt.decode(raw).consumed for raw in kept.values()] == [25], kept
+    finally:
+        broker.start()
+    w.start().wait_ready()
+    assert not path.exists(), "published, so deleted"
+    bucket = w.bucket("offline")
+    assert bucket["consumed"] == 25, bucket  # in the view before it served
+    wait_until(lambda: w.bucket("offline")["replica_consumed"] == 25, 20, 0.05, "the table merged them")
+    assert [w.protected("offline")[0] for _ in range(16)] == [200] * 15 + [429]
+
+
+def test_a_damaged_spill_file_stops_the_start_naming_it(broker, tmp_path):
+    spill.path_in(tmp_path).write_bytes(b"BSSPILL1 and then garbage")
+    proc = subprocess.run([sys.executable, "-m", "bucketstream.cli", "worker", "--broker", broker.url,
+                           "--app-id", "damaged-spill", "--data-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert str(spill.path_in(tmp_path)) in proc.stderr and "move it away" in proc.stderr, proc.stderr
 
 
 def test_bad_configuration_fails_at_start_naming_the_variable(tmp_path):
