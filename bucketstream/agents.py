@@ -11,6 +11,7 @@ and associative.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -416,6 +417,9 @@ async def flush_deltas() -> None:
             failure = exc
         if failure is not None or limiter.unsettled:
             keep_unpublished(failure)
+            # close it (what Kafka did not take is on disk now); give up on its pending batches
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.stop(), 1.0)
 
 
 #: How long a stopping worker waits for its last deltas to reach Kafka.
