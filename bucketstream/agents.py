@@ -212,20 +212,25 @@ async def write_changelog(producer: AIOKafkaProducer, writes: TableWrites) -> No
 
 async def _write_partition(producer: AIOKafkaProducer, topic: str, partition: int,
                            records: list[tuple[bytes, bytes | None]]) -> None:
-    wait = 0.1
-    while True:
-        try:
-            last = await _send_records(producer, topic, partition, records)
-            break
-        except Exception as exc:  # noqa: BLE001 - Kafka does not have them: send them again
-            metrics.PUBLISH_FAILURES.inc(len(records))
-            log.warning("changelog write of %d record(s) to %s[%d] failed: %r; sending them again",
-                        len(records), topic, partition, exc)
-            await asyncio.sleep(wait)
-            wait = min(2 * wait, 5.0)
+    last = await _send_until_taken(producer, topic, partition, records)
     # what Faust's own changelog callback keeps: the offset of the last record the store
     # has, from which a restart (or a later standby) resumes reading the changelog
     buckets.data.set_persisted_offset(TP(topic, partition), last)
+
+
+async def _send_until_taken(producer: AIOKafkaProducer, topic: str, partition: int,
+                            records: list[tuple[bytes, bytes | None]]) -> int:
+    """``_send_records``, again and again (backing off up to 5 s) until Kafka has them all."""
+    wait = 0.1
+    while True:
+        try:
+            return await _send_records(producer, topic, partition, records)
+        except Exception as exc:  # noqa: BLE001 - Kafka does not have them: send them again
+            metrics.PUBLISH_FAILURES.inc(len(records))
+            log.warning("sending %d record(s) to %s[%d] failed: %r; sending them again",
+                        len(records), topic, partition, exc)
+            await asyncio.sleep(wait)
+            wait = min(2 * wait, 5.0)
 
 
 async def _send_records(producer: AIOKafkaProducer, topic: str, partition: int,
@@ -482,22 +487,11 @@ async def publish_spilled() -> None:
     if not states:
         return
     topic = updates.get_topic_name()
-    by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
-    for key, raw in states.items():
-        by_partition.setdefault(partition_for(key), []).append((key, raw))
     producer = _producer("spill")
     await producer.start()
     try:
-        wait = 0.1
-        while True:
-            try:
-                await asyncio.gather(*(_send_records(producer, topic, p, records)
-                                       for p, records in by_partition.items()))
-                break
-            except Exception as exc:  # noqa: BLE001 - not in Kafka yet: the file stays, try again
-                log.warning("publishing %d kept state(s) from %s failed: %r; trying again", len(states), path, exc)
-                await asyncio.sleep(wait)
-                wait = min(2 * wait, 5.0)
+        await asyncio.gather(*(_send_until_taken(producer, topic, p, records)
+                               for p, records in _by_partition(states.items()).items()))
     finally:
         await producer.stop()
     path.unlink()
@@ -510,10 +504,16 @@ async def _publish(producer: AIOKafkaProducer, topic: str) -> None:
     if not batch:
         return
     metrics.DELTAS_FLUSHED.inc(len(batch))
-    by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
-    for key, data in batch:
-        by_partition.setdefault(partition_for(key), []).append((key, data))
-    await asyncio.gather(*(_send_partition(producer, topic, p, records) for p, records in by_partition.items()))
+    await asyncio.gather(*(_send_partition(producer, topic, p, records)
+                           for p, records in _by_partition(batch).items()))
+
+
+def _by_partition(records) -> dict[int, list[tuple[bytes, bytes]]]:
+    """(key, value) pairs grouped by the partition of their key, in order."""
+    out: dict[int, list[tuple[bytes, bytes]]] = {}
+    for key, value in records:
+        out.setdefault(partition_for(key), []).append((key, value))
+    return out
 
 
 async def _send_partition(producer: AIOKafkaProducer, topic: str, partition: int,
