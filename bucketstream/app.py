@@ -21,7 +21,7 @@ settings = load()
 log = logging.getLogger(__name__)
 
 #: This process's CRDT slot: fresh at every start, so a restarted worker never
-#: counts from zero against the counter it had before (DESIGN.md, node identity).
+#: counts from zero against the counter it had before (docs/design.md, node identity).
 SLOT = secrets.randbits(63)
 
 

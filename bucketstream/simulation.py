@@ -13,15 +13,15 @@ Two merges:
 * ``"seed"``: the seed's bucket per node, ``(tokens, last_refill)``, refilled
   and spent locally (``tokens = min(C, tokens + R·Δt)``, spend 1 if
   ``tokens ≥ 1``), merged on receipt with ``tokens = min(a, b)``,
-  ``last_refill = max(a, b)``. It publishes after each admission (its
-  README: "check + consume locally, publish the update"); with
-  ``seed_sends_every_request`` it publishes after every request instead.
+  ``last_refill = max(a, b)``. It publishes after each admission ("check +
+  consume locally, publish the update", as docs/design.md describes the seed);
+  with ``seed_sends_every_request`` it publishes after every request instead.
 * ``"ours"``: :mod:`bucketstream.crdt`; a state changes (and is sent) only
   when a request is admitted.
 
 Reported per run: admitted ÷ ideal (ideal = ``C + R·duration``, the classic
 single bucket's allowance), the worst excess of the admitted count over
-DESIGN.md's bound ``C + R·t + (N-1)·min(C + R·d, b)`` with ``b = ∞`` over
+docs/design.md's bound ``C + R·t + (N-1)·min(C + R·d, b)`` with ``b = ∞`` over
 every prefix ``[0, t]`` (``d`` = delay + flush interval; ≤ 0 = always within), and
 the most admissions in any window of ``window`` seconds (a classic bucket
 allows ``C + R·window``).
@@ -108,7 +108,7 @@ def simulate(
     queue: deque[list] = deque()  # [deliver_us, sender, payload, pending]; FIFO since all delays are equal
     last_sent: list[list | None] = [None] * nodes
     epoch = rule.epoch
-    extra = (nodes - 1) * (capacity + rate * (delay_us + flush_us) / _US)  # DESIGN.md's bound, b = ∞
+    extra = (nodes - 1) * (capacity + rate * (delay_us + flush_us) / _US)  # docs/design.md's bound, b = ∞
 
     admitted = 0
     messages = 0
@@ -214,7 +214,7 @@ def main() -> None:
                     f"{r.max_excess_over_bound:>10.1f} {r.worst_window:>9} {r.messages:>6}"
                 )
     print()
-    print("the seed's merge in DESIGN.md's setting, admitted ÷ ideal for N = 3, 4, 5:")
+    print("the seed's merge in docs/design.md's setting, admitted ÷ ideal for N = 3, 4, 5:")
     for every in (False, True):
         for delay in (0.010, 0.100):
             runs = (

@@ -1,7 +1,7 @@
 """The burst cap: a burst spread over four workers at once stays near C, not 4·C.
 
 Without the cap every worker may spend a whole bucket before it hears of the
-others (DESIGN.md's N·C); with it (``--burst-cap``) a worker spends at most
+others (docs/design.md's N·C); with it (``--burst-cap``) a worker spends at most
 C / (2·(N-1)) of one key (plus its refill share) before Kafka shows it.
 """
 

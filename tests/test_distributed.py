@@ -1,7 +1,7 @@
 """Three real workers on the real broker: local decisions, one limit, nothing lost.
 
 Load is paced (a fixed request rate, round-robin over the workers), counted at
-the client, and checked against the bound of DESIGN.md:
+the client, and checked against the bound of docs/design.md:
     admitted(0, t] <= C + R*t + (N-1)*(C + R*d)
 with d the replication delay the workers measured during the run, and
 against the floor admitted >= 0.95 * (C + R*t): nobody is locked out.

@@ -1,6 +1,6 @@
 """The multi-node simulation: our CRDT holds the rate on one hot key, the seed's merge does not.
 
-DESIGN.md's setting: one hot key, requests round-robin over N nodes at
+docs/design.md's setting: one hot key, requests round-robin over N nodes at
 1000/s for 60 s, C = 10, R = 10/s, replication delay d. Each 60 s run is
 60 001 requests and takes well under a second.
 """
@@ -79,7 +79,7 @@ Scenarios = st.fixed_dictionaries(
 @settings(max_examples=100, deadline=None)
 @given(Scenarios)
 def test_ours_stays_within_the_design_bound_in_random_scenarios(sc):
-    """The bound (with d = delay + flush interval) holds at every instant, not just in DESIGN.md's setting."""
+    """The bound (with d = delay + flush interval) holds at every instant, not just in docs/design.md's setting."""
     r = simulate("ours", **sc)
     assert r.max_excess_over_bound <= 0, (sc, r)
 
