@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -70,7 +70,14 @@ class Limiter:
         self._resend_after = resend_after
         self.max_unconfirmed = max_unconfirmed
         self._on_learned = on_learned  # called when a key's replica view grew (from Kafka)
-        self._replica: dict[bytes, BucketState] = {}  # decoded cache; BOTTOM = known absent
+        # decoded cache, BOTTOM = known absent; least recently read evicted first.
+        # An OrderedDict, not a dict: popitem(last=False) is O(1) however many keys
+        # were evicted before, where a dict's next(iter(d)) walks past every slot
+        # deleted at its front since its last resize (a worker slowed 5x within
+        # minutes of new users). LRU, not FIFO: a key is evicted only once cache_size
+        # other keys were read after it, long after the RocksDB replica it is re-read
+        # from caught up with what the peer feed had joined in (docs/design.md).
+        self._replica: OrderedDict[bytes, BucketState] = OrderedDict()
         self._own: dict[bytes, BucketState] = {}  # states the replica does not reflect yet
         self._dirty: dict[bytes, float] = {}  # key -> first admission since the last flush
         self._inflight: dict[bytes, deque[Flushed]] = {}  # flushed, not yet seen in the replica
@@ -88,13 +95,16 @@ class Limiter:
     # -- the hot path --------------------------------------------------------
     def replica(self, key: bytes) -> BucketState:
         """This worker's replica of the table entry (a full bucket if there is none)."""
-        state = self._replica.get(key)
+        cache = self._replica
+        state = cache.get(key)
         if state is None:
             raw = self._read_table(key)
             state = BOTTOM if raw is None else self._decode(key, raw)
-            if len(self._replica) >= self._cache_size:
-                del self._replica[next(iter(self._replica))]  # oldest insertion first
-            self._replica[key] = state
+            if len(cache) >= self._cache_size:
+                cache.popitem(last=False)
+            cache[key] = state
+        else:
+            cache.move_to_end(key)
         return state
 
     def view(self, key: bytes) -> BucketState:

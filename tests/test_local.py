@@ -56,3 +56,21 @@ def test_back_pressure_refuses_only_new_keys_while_too_many_states_are_unconfirm
     for key, raw in limiter.take_dirty():
         limiter.on_replica_changed(key, raw, 100.05)  # Kafka shows them: the backlog is gone
     assert limiter.own_keys == 0 and limiter.accepts(b"c")
+
+
+def test_the_decoded_cache_is_bounded_and_evicts_the_least_recently_read_key():
+    """A key read again is not the next to go: a hot key is not re-read from RocksDB (which
+    may lag the peer feed) just because many new users arrived after it first did."""
+    reads = []
+    limiter = Limiter(7, lambda key: reads.append(key), cache_size=3)
+    for k in (b"a", b"b", b"c"):
+        limiter.replica(k)
+    limiter.replica(b"a")  # read again: now the most recent
+    limiter.replica(b"d")  # full: b, the least recently read, goes
+    assert limiter.cached_keys == 3
+    assert [limiter.is_cached(k) for k in (b"a", b"b", b"c", b"d")] == [True, False, True, True]
+    reads.clear()
+    for _ in range(1000):  # a stream of new users never grows it, and never evicts the hot key
+        limiter.replica(b"a")
+        limiter.replica(f"new{len(reads)}".encode())
+    assert limiter.cached_keys == 3 and limiter.is_cached(b"a") and b"a" not in reads
