@@ -1,11 +1,14 @@
 """Prometheus and Grafana of docker-compose.yml: the wiring and the dashboard's queries.
 
-No Docker engine is needed: ``docker compose config`` validates the compose
-file, the rest reads the files. The dashboard's PromQL is checked against the
-``/metrics`` of a real worker, so renaming a metric (or a label value) breaks
-this test rather than silently emptying a panel. With ``promtool`` on PATH (or
-in $PROMTOOL) the Prometheus config and every expression are parsed by
-Prometheus itself.
+No Docker engine is needed: the compose file is loaded and validated by the
+Compose Specification's reference loader (compose-go, the library behind
+``docker compose config``), the rest reads the files. The dashboard's PromQL is
+checked against the ``/metrics`` of a real worker, so renaming a metric (or a
+label value) breaks this test rather than silently emptying a panel, and the
+Prometheus config and every expression are parsed by the image's own
+``promtool``. ``make test`` builds both checkers with Go into a cache outside
+the repository (``deploy/tools/tools.sh``) and passes them in $COMPOSE_CONFIG
+and $PROMTOOL; without them these tests skip, except under CI, where they fail.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import textwrap
 from pathlib import Path, PurePosixPath
@@ -46,13 +48,25 @@ SERIES_FROM_PROMETHEUS = {"up"}  # series Prometheus synthesizes per target
 GRAFANA_VARS = {"$__rate_interval": "20s", "$__interval": "5s", "$job": ".*"}
 
 
-def docker_compose(*args: str) -> subprocess.CompletedProcess:
-    if shutil.which("docker") is None:
-        pytest.skip("docker client not installed: cannot run `docker compose config`")
-    proc = subprocess.run(["docker", "compose", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    if proc.returncode != 0 and ("is not a docker command" in proc.stderr or "unknown command" in proc.stderr):
-        pytest.skip("docker compose plugin not installed: cannot run `docker compose config`")
-    return proc
+def checker(variable: str, what: str) -> str:
+    """The path of a checker ``make test`` built (deploy/tools/tools.sh), from its variable.
+
+    Missing, the test skips, but not under CI: there the checker is part of the build.
+    """
+    path = os.environ.get(variable)
+    if path and os.access(path, os.X_OK):
+        return path
+    why = f"${variable} unset or not executable: {what} not run (`make test` builds it with Go)"
+    if os.environ.get("CI"):
+        pytest.fail(why)
+    pytest.skip(why)
+
+
+def compose_config(*profiles: str) -> subprocess.CompletedProcess:
+    """``docker compose [--profile P]... config --format json``, by compose-go itself."""
+    tool = checker("COMPOSE_CONFIG", "the compose file's validation by compose-go")
+    args = [a for p in profiles for a in ("--profile", p)]
+    return subprocess.run([tool, "-f", str(COMPOSE), *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +96,9 @@ def exprs(dashboard: dict) -> list[tuple[str, str]]:
 
 # -- docker compose ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("profile", [[], ["--profile", "cluster"]], ids=["default", "cluster"])
+@pytest.mark.parametrize("profile", [[], ["cluster"]], ids=["default", "cluster"])
 def test_compose_config_validates_and_binds_the_repo_files(profile):
-    proc = docker_compose(*profile, "config", "--format", "json")
+    proc = compose_config(*profile)
     assert proc.returncode == 0, proc.stderr
     resolved = json.loads(proc.stdout)["services"]
     for name, wanted in [("prometheus", {"/etc/prometheus/prometheus.yml": PROMETHEUS_YML}),
@@ -95,6 +109,19 @@ def test_compose_config_validates_and_binds_the_repo_files(profile):
         for target, source in wanted.items():
             assert binds.get(target) == source, f"{name} should mount {source} at {target}, has {binds}"
             assert source.exists()
+
+
+def test_compose_validation_refuses_what_the_specification_does_not_allow(tmp_path):
+    """The checker is a validator, not a YAML reader: a misspelt key, a port that is no port."""
+    tool = checker("COMPOSE_CONFIG", "the compose file's validation by compose-go")
+    text = COMPOSE.read_text()
+    for bad in (text.replace("stop_grace_period:", "stop_grace_perod:", 1),
+                text.replace('"9090:9090"', '"9090:ninety"', 1)):
+        assert bad != text
+        broken = tmp_path / "docker-compose.yml"
+        broken.write_text(bad)
+        proc = subprocess.run([tool, "-f", str(broken)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert proc.returncode != 0 and proc.stderr, proc.stdout[:500]
 
 
 def test_images_are_pinned_and_ports_published(services):
@@ -129,10 +156,7 @@ def test_prometheus_scrapes_every_worker_on_its_web_port_every_5s(services):
 
 
 def promtool() -> str:
-    path = os.environ.get("PROMTOOL") or shutil.which("promtool")
-    if not path:
-        pytest.skip("promtool not found (on PATH or in $PROMTOOL): Prometheus's own parser not run")
-    return path
+    return checker("PROMTOOL", "Prometheus's own parser")
 
 
 def test_promtool_accepts_the_prometheus_config():
