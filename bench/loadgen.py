@@ -5,7 +5,12 @@ The script makes every request a ``POST /protected`` with an ``X-User-ID``:
 * ``unique``: a new user for every request (``<prefix><n>``, n = 1, 2, ...;
   with ``space`` > 0 the users cycle through ``space`` distinct ids, and the
   run stops after ``limit`` requests when ``limit`` > 0);
-* ``hot``: the same user for every request.
+* ``hot``: the same user for every request;
+* ``skewed``: a few heavy users and a long tail of light ones: user
+  ``floor(space ^ u)`` for a uniform ``u`` (``space`` 1,000,000 by default), so
+  user n is drawn with probability about ``1 / (n ln space)`` (Zipf, s = 1): user 1
+  sends 5 % of the requests, users 1-10 17 %, and half of them go to users
+  above 1,000, most of whom are seen once or a few times. ``seed`` seeds the draw.
 
 Fixed offered load: wrk has no rate option (wrk2 is not packaged), so the
 script paces requests itself: ``delay()`` hands each request the next slot of
@@ -36,7 +41,7 @@ local function now_ms()
   return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
 end
 
-local mode, prefix, space, limit
+local mode, prefix, space, limit, floor, random
 local counter = 0
 local interval = 0
 local next_slot = nil
@@ -48,6 +53,11 @@ function init(args)
   prefix = args[3]
   space = tonumber(args[4])
   limit = tonumber(args[5])
+  if mode == "skewed" then
+    if space <= 0 then space = 1000000 end
+    math.randomseed(tonumber(args[6]))
+    floor, random = math.floor, math.random
+  end
   hot_request = wrk.format("POST", "/protected", {["X-User-ID"] = prefix .. "hot"}, "")
   if rate > 0 then
     interval = 1000 / rate
@@ -69,7 +79,11 @@ function request()
   end
   if mode == "hot" then return hot_request end
   local n = counter
-  if space > 0 then n = (counter - 1) % space + 1 end
+  if mode == "skewed" then
+    n = floor(space ^ random())
+  elseif space > 0 then
+    n = (counter - 1) % space + 1
+  end
   return wrk.format("POST", "/protected", {["X-User-ID"] = prefix .. n}, "")
 end
 
@@ -91,7 +105,7 @@ class Run:
     """One wrk run: what was asked and what came back."""
 
     target: str
-    scenario: str  # unique | hot
+    scenario: str  # unique | hot | skewed
     offered: float  # requests/s asked for; 0 = as fast as it goes
     duration: float  # seconds, measured by wrk
     requests: int
@@ -126,13 +140,13 @@ def script_path(workdir: Path) -> Path:
 
 def wrk(port: int, *, target: str, scenario: str, duration: float, workdir: Path, connections: int = 50,
         rate: float = 0.0, prefix: str = "u", space: int = 0, limit: int = 0, cpus: set[int] | None = None,
-        timeout: float = 10.0) -> Run:
+        timeout: float = 10.0, seed: int = 1) -> Run:
     """Run wrk against 127.0.0.1:``port`` for ``duration`` seconds (one thread)."""
     import os
 
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", f"--timeout={timeout:g}s",
            "-s", str(script_path(workdir)), f"http://127.0.0.1:{port}/protected",
-           "--", scenario, f"{rate:.3f}", prefix, str(space), str(limit)]
+           "--", scenario, f"{rate:.3f}", prefix, str(space), str(limit), str(seed)]
     preexec = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
     done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=duration + 120, preexec_fn=preexec)

@@ -9,6 +9,9 @@ Phases, in order (each starts and stops its own processes):
 4. ``replication``: three workers under load, replication delay from ``/stats``.
 5. ``recovery``: N keys written straight to the table changelog, then a fresh
    worker's time from process start to ``/readyz`` 200.
+6. ``soak``: minutes of fixed load, one worker then three, new users and a
+   skewed mix, with buckets expiring during the run: a row per minute
+   (``bench.soak``).
 
 Every server under test is pinned to one core, and wrk (one thread), the
 Kafka broker and redis-server to the other (``--no-pin`` turns that off), so
@@ -39,13 +42,13 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from bench import loadgen, profile, report
+from bench import loadgen, profile, report, soak
 from bench.tools import (BenchError, Procs, cpu_seconds, cpu_sets, dir_bytes, ensure_tools, pin, python, rss_bytes,
                          uptime, wait_http)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "results"
-PHASES = ("ceiling", "redis", "worker", "replication", "recovery")
+PHASES = ("ceiling", "redis", "worker", "replication", "recovery", "soak")
 
 #: A fixed-load run after which a worker's Kafka writes go on longer than this (s) was not sustainable.
 BACKLOG_SECONDS = 3.0
@@ -75,6 +78,10 @@ class Config:
     replication_sweep: list[float] = field(default_factory=lambda: [0.025, 0.05])  # lighter loads first
     flush_interval: float | None = None  # the workers' BUCKETSTREAM_FLUSH_INTERVAL (None: their default)
     drain_timeout: float = 120.0  # how long to wait for a worker's Kafka writes to stop after a run
+    soak_seconds: float = 300.0  # per soak run (workers x traffic kind)
+    soak_window: float = 60.0  # one report row per window
+    soak_calibrate: float = 10.0  # the max-load run before a soak that sets its offered load
+    soak_fraction: float = 0.6  # offered, as a share of that max
     partitions: int = 8
     pin: bool = True
     profile: bool = True
@@ -86,7 +93,7 @@ class Config:
     def smoke_mode(cls, **kw) -> "Config":
         return cls(smoke=True, duration=1.0, warmup=0.0, repeats=1, isolate=False, fractions=[0.5], memory_keys=1_000,
                    recovery_keys=1_000, recovery_timeout=120.0, replication_duration=1.0, profile=False,
-                   replication_sweep=[],
+                   replication_sweep=[], soak_seconds=4.0, soak_window=2.0, soak_calibrate=1.0,
                    drain_timeout=2.0, **kw)
 
 
@@ -235,7 +242,7 @@ class Bench:
 
     # -- phases ------------------------------------------------------------------------
     def phase_ceiling(self) -> None:
-        log("phase 1/5: ceiling, a bare aiohttp handler in one process")
+        log("phase 1/6: ceiling, a bare aiohttp handler in one process")
         from tests.cluster import free_port
 
         port = free_port()
@@ -255,7 +262,7 @@ class Bench:
             self.procs.stop(proc)
 
     def phase_redis(self) -> None:
-        log("phase 2/5: centralized design, the same aiohttp app deciding through Redis (Lua token bucket)")
+        log("phase 2/6: centralized design, the same aiohttp app deciding through Redis (Lua token bucket)")
         from tests.cluster import free_port
 
         rport, port = free_port(), free_port()
@@ -308,14 +315,15 @@ class Bench:
         except (OSError, ValueError):
             return None
 
-    def pool(self, tag: str):
+    def pool(self, tag: str, **settings):
+        """Workers of a new app; ``settings`` override the bench's (capacity, rate, ...)."""
         from tests.cluster import WorkerPool
 
         tmp = self.work / tag
         tmp.mkdir(parents=True, exist_ok=True)
         extra = {"flush_interval": self.cfg.flush_interval} if self.cfg.flush_interval else {}
-        p = WorkerPool(self.broker, tmp, app_id=f"bench-{tag}-{uuid.uuid4().hex[:6]}", capacity=CAPACITY,
-                       rate=RATE, partitions=self.cfg.partitions, **extra)
+        extra = {"capacity": CAPACITY, "rate": RATE, "partitions": self.cfg.partitions, **extra, **settings}
+        p = WorkerPool(self.broker, tmp, app_id=f"bench-{tag}-{uuid.uuid4().hex[:6]}", **extra)
         self.pools.append(p)
         return p
 
@@ -406,7 +414,7 @@ class Bench:
     def phase_worker(self) -> None:
         """Three fresh workers in turn, so that a Kafka backlog one run leaves behind (unique users
         beyond what the worker sustains) never reaches the next measurement."""
-        log("phase 3/5: bucketstream /protected, one worker")
+        log("phase 3/6: bucketstream /protected, one worker")
         base = self.ceiling
         with contextlib.ExitStack() as stack:
             app_id, w = stack.enter_context(self.fresh_worker("single"))
@@ -473,7 +481,7 @@ class Bench:
                          "(2) bucketstream worker, unique users, max load")
 
     def phase_replication(self) -> None:
-        log("phase 4/5: replication delay, three workers under load")
+        log("phase 4/6: replication delay, three workers under load")
         p = self.pool("three")
         sweep = self.results.setdefault("replication_sweep", [])
         try:
@@ -548,7 +556,7 @@ class Bench:
         from bench.kafka import produce_changelog
 
         n = self.cfg.recovery_keys
-        log(f"phase 5/5: recovery of {n:,} keys from the changelog by a fresh worker")
+        log(f"phase 5/6: recovery of {n:,} keys from the changelog by a fresh worker")
         p = self.pool("recovery")
         try:
             produced = produce_changelog(self.broker.bootstrap, p.app_id, self.cfg.partitions, n, CAPACITY, RATE,
@@ -611,7 +619,7 @@ class Bench:
         self.results["config"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.__dict__.items()}
         log(f"load average at start: {self.results['meta']['load_start']}")
         try:
-            need_broker = any(ph in cfg.phases for ph in ("worker", "replication", "recovery"))
+            need_broker = any(ph in cfg.phases for ph in ("worker", "replication", "recovery", "soak"))
             if need_broker and cfg.smoke:
                 # timing does not matter in a smoke run: start the broker while phases 1-2 run
                 self._broker_future = concurrent.futures.ThreadPoolExecutor(1).submit(self.start_broker)
@@ -629,6 +637,9 @@ class Bench:
                 self.phase_replication()
             if "recovery" in cfg.phases:
                 self.phase_recovery()
+            if "soak" in cfg.phases:
+                log("phase 6/6: soak")
+                soak.phase(self, log)
         finally:
             self.cleanup()
         self.results["meta"]["load_end"] = uptime()
@@ -799,6 +810,9 @@ def parse(argv: list[str] | None) -> Config:
     ap.add_argument("--recovery-keys", type=int, help="keys in the changelog to recover (default 1000000)")
     ap.add_argument("--phases", help=f"comma-separated subset of {','.join(PHASES)} (the ceiling always runs first "
                                      "when a later phase needs its throughput)")
+    ap.add_argument("--soak-seconds", type=float, help="seconds of each soak run (default 300; smoke 4)")
+    ap.add_argument("--soak-window", type=float, help="seconds per soak report row (default 60; smoke 2)")
+    ap.add_argument("--soak-fraction", type=float, help="soak load as a share of the max load (default 0.6)")
     ap.add_argument("--broker", metavar="HOST:PORT", help="use this Kafka broker instead of starting one")
     ap.add_argument("--flush-interval", type=float, help="the workers' flush interval in seconds "
                     "(BUCKETSTREAM_FLUSH_INTERVAL; default: theirs)")
@@ -812,7 +826,8 @@ def parse(argv: list[str] | None) -> Config:
     cfg.report_only = a.report_only
     if a.out:
         cfg.out = a.out.resolve()
-    for name in ("duration", "connections", "repeats", "memory_keys", "recovery_keys", "broker", "flush_interval"):
+    for name in ("duration", "connections", "repeats", "memory_keys", "recovery_keys", "broker", "flush_interval",
+                 "soak_seconds", "soak_window", "soak_fraction"):
         if getattr(a, name) is not None:
             setattr(cfg, name, getattr(a, name))
     if a.fractions:

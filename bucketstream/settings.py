@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     expire_after: float = Field(600.0, gt=0, description="seconds a bucket must have been full and idle before it is deleted (at least capacity/rate)")
     expire_check_interval: float = Field(10.0, gt=0, description="seconds between expiry sweeps")
     max_unconfirmed_keys: int = Field(50_000, ge=1, description="back-pressure: while this worker holds this many admitted states Kafka has not shown it yet, /protected answers 503 (Retry-After: 1) for keys it holds no state of")
+    cache_keys: int = Field(200_000, ge=1, description="decoded bucket states kept in memory (least recently read evicted first; a miss is one RocksDB read); about 1 KB of RSS each")
     burst_cap: bool = Field(False, description="cap what one worker spends on a key before Kafka shows it: capacity/(2*(workers-1)) plus its refill share while unconfirmed; for round-robin balancing")
     log_level: str = Field("info", pattern=r"^(?i:debug|info|warning|error|critical)$", description="log level")
 

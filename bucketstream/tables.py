@@ -119,7 +119,8 @@ def _carry_forward(key: bytes, now: float) -> None:
         limiter.on_peer_state(new_key, carried, now)
 
 
-limiter = Limiter(SLOT, _read, on_delay=metrics.REPLICATION_DELAY.observe, on_learned=_carry_forward)
+limiter = Limiter(SLOT, _read, cache_size=settings.cache_keys, on_delay=metrics.REPLICATION_DELAY.observe,
+                  on_learned=_carry_forward)
 metrics.KEYS.labels("own_unreflected").set_function(lambda: limiter.own_keys)
 metrics.KEYS.labels("cached").set_function(lambda: limiter.cached_keys)
 

@@ -28,7 +28,8 @@ def test_bench_smoke(broker, tmp_path):
     out = tmp_path / "results"
     env = {k: v for k, v in os.environ.items() if not k.startswith("BUCKETSTREAM_")}
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke", "--broker", broker.bootstrap, "--out", str(out)],
+        [sys.executable, "-m", "bench", "--smoke", "--phases", "ceiling,redis,worker,replication,recovery",
+         "--broker", broker.bootstrap, "--out", str(out)],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=280,
     )
     assert done.returncode == 0, done.stdout[-4000:]
@@ -67,3 +68,33 @@ def test_bench_smoke(broker, tmp_path):
             continue
         assert not any(name in cmdline for name in ("bench", "bucketstream", "redis-server")), \
             f"left running: {pid} {cmdline}"
+
+
+@pytest.mark.skipif(bool(MISSING), reason=f"bench extras missing ({', '.join(MISSING)}): pip install -e '.[bench]'")
+@pytest.mark.timeout(400)
+def test_soak_smoke(broker, tmp_path):
+    """The soak phase end to end in seconds: one worker then three, both traffic kinds, a row
+    per window with every column, targets evaluated (not asserted: no speed here)."""
+    out = tmp_path / "results"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BUCKETSTREAM_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--phases", "soak", "--broker", broker.bootstrap,
+         "--out", str(out)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=380,
+    )
+    assert done.returncode == 0, done.stdout[-4000:]
+    soak = json.loads((out / "results.json").read_text())["soak"]
+    assert [(e["workers"], e["traffic"]) for e in soak] == [(1, "unique"), (1, "skewed"), (3, "unique"),
+                                                           (3, "skewed")]
+    for e in soak:
+        assert e["offered"] > 0 and len(e["rows"]) >= 2, e
+        for row in e["rows"]:
+            assert row["requests"] > 0 and row["rss_max"] > 0 and row["store_max"] > 0, row
+            assert len(row["rss"]) == e["workers"] and row["cached"] > 0 and row["backlog"] >= 0, row
+        assert e["drain_seconds"] is not None
+    # the skewed mix's heavy users meet the soak's rule (C = 100, R = 10/s); new users never do
+    assert all(r["non_2xx"] == 0 for e in soak if e["traffic"] == "unique" for r in e["rows"])
+    assert any(r["non_2xx"] > 0 for e in soak if e["traffic"] == "skewed" for r in e["rows"])
+    md = (out / "results.md").read_text()
+    assert "## Soak: minutes of fixed load" in md and md.count("| t (s) | req/s |") == 4
+    assert md.count("RSS growth over the last half") == 4

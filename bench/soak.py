@@ -1,0 +1,187 @@
+"""The soak phase of ``make bench``: minutes of fixed load on one worker, then three, reported minute by minute.
+
+A limiter runs for months and sees millions of distinct users, so whatever
+costs more as users are seen or as time passes shows here as a slope, where a
+10 s run sees nothing. For one worker and for three, and for each traffic kind
+(``unique``: a new user on every request; ``skewed``: a few heavy users and a
+long tail of light ones, ``bench.loadgen``):
+
+1. fresh workers of a new app, with the rule of a real deployment (C = 100,
+   R = 10/s: the skewed mix's heavy users are refused) and the expiry horizon
+   shortened to ``EXPIRE_AFTER`` s, so buckets expire during the run;
+2. calibration: as fast as it goes for ``calibrate`` s; the soak offers
+   ``fraction`` of that, spread evenly over the workers;
+3. windows of ``window`` s back to back for ``seconds`` s; after each, the
+   achieved rate, p50/p99, and per worker its RSS, the size of its data
+   directory (RocksDB), its cached and own keys and its table's keys, and the
+   update-topic records the merge agents have not committed (the backlog);
+4. once the load stops, how long until the agents have committed everything.
+
+No assertion on speed anywhere: ``targets`` says what was met.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import math
+import time
+
+from bench.tools import dir_bytes, pin, rss_bytes
+
+#: The soak's rule: nobody in ``unique`` comes near it; ``skewed``'s heavy users do.
+CAPACITY, RATE = 100.0, 10.0
+#: Buckets full and idle this long are deleted (the horizon is max(this, C/R) = 30 s), every EXPIRE_CHECK s.
+EXPIRE_AFTER, EXPIRE_CHECK = 30.0, 10.0
+TRAFFIC = ("unique", "skewed")
+#: Faust commits the agents' offsets once a second: the floor of the backlog measure.
+COMMIT_INTERVAL = 1.0
+
+
+def phase(bench, log) -> None:
+    cfg = bench.cfg
+    log(f"soak: {cfg.soak_seconds:g} s of each traffic kind at {cfg.soak_fraction:g} x its max load, "
+        f"one worker then three, a row every {cfg.soak_window:g} s")
+    runs = bench.results.setdefault("soak", [])
+    for workers in (1, 3):
+        for traffic in TRAFFIC:
+            runs.append(soak(bench, log, workers, traffic))
+
+
+def soak(bench, log, n: int, traffic: str) -> dict:
+    cfg = bench.cfg
+    p = bench.pool(f"soak{n}{traffic[0]}", capacity=CAPACITY, rate=RATE, expire_after=EXPIRE_AFTER,
+                   expire_check_interval=EXPIRE_CHECK)
+    entry: dict = {"workers": n, "traffic": traffic, "window": cfg.soak_window, "rows": []}
+    try:
+        workers = p.start(n)
+        if n == 1:
+            pin(workers[0].proc.pid, bench.server_cpus)
+        with concurrent.futures.ThreadPoolExecutor(n) as ex:
+            def load(rate_each: float, seconds: float, prefix: str, seed: int):
+                futs = [ex.submit(bench.wrk, w.port, f"soak x{n} [{i}]", traffic, seconds, rate_each, False,
+                                  prefix=prefix, seed=seed) for i, w in enumerate(workers)]
+                return [f.result() for f in futs]
+
+            calibration = load(0.0, cfg.soak_calibrate, bench.prefix("cal"), 1)
+            entry["max_rps"] = sum(r.rps for r in calibration)
+            entry["offered"] = cfg.soak_fraction * entry["max_rps"]
+            _, drain = bench.quiet_totals(p.app_id, workers)
+            log(f"  soak {traffic}, {n} worker(s): max {entry['max_rps']:,.0f} req/s (calibration left "
+                f"{drain:.1f} s of Kafka writes); offering {entry['offered']:,.0f} req/s")
+            heavy = bench.prefix("heavy")  # skewed: the same users all run long (their buckets stay hot)
+            started = time.monotonic()
+            for i in range(max(1, math.ceil(cfg.soak_seconds / cfg.soak_window))):
+                prefix = heavy if traffic == "skewed" else bench.prefix("new")
+                runs = load(entry["offered"] / n, cfg.soak_window, prefix, i + 2)
+                row = sample(bench, p.app_id, workers, runs)
+                row["t"] = time.monotonic() - started
+                entry["rows"].append(row)
+                log(f"  {row['t']:5.0f}s {row['rps']:8,.0f} req/s  p50 {row['p50_ms']:6.2f} ms  p99 "
+                    f"{row['p99_ms']:7.2f} ms  RSS {row['rss_max'] / 2**20:6.0f} MiB  store "
+                    f"{row['store_max'] / 2**20:6.1f} MiB  backlog {row['backlog']:6,} rec  keys cached "
+                    f"{row['cached']:,} own {row['own']:,} table {row['table']}")
+        entry["drain_seconds"] = drain_time(bench, p.app_id, cfg.drain_timeout)
+        log(f"  after the load, the agents committed the last update within {entry['drain_seconds']:.1f} s")
+    finally:
+        bench.stop_pool(p)
+    return entry
+
+
+def sample(bench, app_id: str, workers, runs) -> dict:
+    from bench.run import stats
+
+    per = [stats(w) for w in workers]
+    rss = [rss_bytes(w.proc.pid) for w in workers]
+    store = [dir_bytes(w.data_dir) for w in workers]
+    requests = sum(r.requests for r in runs)
+    return {
+        "rps": sum(r.rps for r in runs), "requests": requests, "non_2xx": sum(r.non_2xx for r in runs),
+        "errors": sum(r.errors - r.non_2xx for r in runs),  # sockets and timeouts; 429s are not errors here
+        "saturated": any(r.saturated for r in runs),
+        # the pooled percentile is not known; the worst worker's is an upper bound of it
+        "p50_ms": max(r.p50_ms for r in runs), "p99_ms": max(r.p99_ms for r in runs),
+        "rss": rss, "rss_max": max(rss), "store": store, "store_max": max(store),
+        "cached": sum(s["cached_keys"] for s in per), "own": sum(s["own_unreflected_keys"] for s in per),
+        "table": max((s["active_keys"] or 0) for s in per),
+        "backlog": bench_backlog(bench, app_id),
+    }
+
+
+def bench_backlog(bench, app_id: str) -> int:
+    bench.kafka_totals(app_id)  # opens the probe
+    return bench.probe.backlog(app_id)
+
+
+def drain_time(bench, app_id: str, timeout: float) -> float:
+    """Seconds from the end of the load until the agents' committed offsets reach the topic's end."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        with contextlib.suppress(Exception):
+            if bench_backlog(bench, app_id) == 0:
+                break
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+# -- the report ------------------------------------------------------------------------
+
+def _halves(entry: dict) -> tuple[dict, dict, dict] | None:
+    rows = entry["rows"]
+    if len(rows) < 2:
+        return None
+    return rows[0], rows[len(rows) // 2], rows[-1]
+
+
+def targets(results: dict) -> list[tuple[str, str, bool | None]]:
+    """#19's targets per soak run: last window's throughput ≥ 0.95 × the first's, its p99 ≤ 1.2 ×,
+    RSS growth over the last half < 5 %, no backlog at the end beyond the commit and flush intervals."""
+    out = []
+    for e in results.get("soak", []):
+        h = _halves(e)
+        if h is None:
+            continue
+        first, mid, last = h
+        name = f"soak, {e['workers']} worker(s), {e['traffic']}"
+        tput = last["rps"] / first["rps"] if first["rps"] else None
+        p99 = last["p99_ms"] / first["p99_ms"] if first["p99_ms"] else None
+        growth = max((b - a) / a for a, b in zip(mid["rss"], last["rss"]))
+        drain = e.get("drain_seconds")
+        out += [
+            (f"{name}: last/first window throughput ≥ 0.95", f"{tput:.3f}" if tput else "-",
+             None if tput is None else tput >= 0.95),
+            (f"{name}: last/first window p99 ≤ 1.2", f"{p99:.2f}" if p99 else "-", None if p99 is None else p99 <= 1.2),
+            (f"{name}: RSS growth over the last half < 5 %", f"{100 * growth:+.1f} %", growth < 0.05),
+            (f"{name}: backlog drained ≤ {COMMIT_INTERVAL + 0.5:g} s after the load", _s(drain),
+             None if drain is None else drain <= COMMIT_INTERVAL + 0.5),
+        ]
+    return out
+
+
+def _s(x) -> str:
+    return "-" if x is None else f"{x:.1f} s"
+
+
+def markdown(results: dict) -> list[str]:
+    runs = results.get("soak") or []
+    if not runs:
+        return []
+    out = ["## Soak: minutes of fixed load, a row per window", "",
+           f"Rule C = {CAPACITY:g}, R = {RATE:g}/s; buckets expire {EXPIRE_AFTER:g} s after they are full and idle "
+           f"(sweep every {EXPIRE_CHECK:g} s). Offered: a fixed share of the max load measured just before on the "
+           "same workers. p50/p99: the worst worker's. RSS and store (the worker's data directory, RocksDB): the "
+           "largest worker's. Keys: cached (decoded cache, all workers), own (admitted, not yet seen back from "
+           "Kafka), table (the largest worker's active partitions). Backlog: update-topic records the agents had "
+           "not committed (Faust commits once a second).", ""]
+    for e in runs:
+        out += [f"### {e['workers']} worker(s), {e['traffic']} users: max {e.get('max_rps', 0):,.0f} req/s, "
+                f"offered {e.get('offered', 0):,.0f} req/s; drained {_s(e.get('drain_seconds'))} after the load", "",
+                "| t (s) | req/s | p50 ms | p99 ms | 429s | errors | RSS MiB | store MiB | backlog | cached | own | table |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in e["rows"]:
+            out.append(f"| {r['t']:.0f} | {r['rps']:,.0f}{' (saturated)' if r['saturated'] else ''} | "
+                       f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['non_2xx']:,} | {r['errors']:,} | "
+                       f"{r['rss_max'] / 2**20:.0f} | {r['store_max'] / 2**20:.1f} | {r['backlog']:,} | "
+                       f"{r['cached']:,} | {r['own']:,} | {r['table']:,} |")
+        out.append("")
+    return out
