@@ -27,7 +27,6 @@ class Probe:
         self.bootstrap = bootstrap
         self.loop = asyncio.new_event_loop()
         self.consumer: AIOKafkaConsumer | None = None
-        self.admin = None  # AIOKafkaAdminClient, for the consumer group's committed offsets
 
     async def _ends(self, topics: list[str]) -> dict[str, int]:
         if self.consumer is None:
@@ -50,35 +49,9 @@ class Probe:
         ends = self.loop.run_until_complete(self._ends([updates_topic(s), changelog_topic(s)]))
         return {"updates": ends[updates_topic(s)], "changelog": ends[changelog_topic(s)]}
 
-    async def _backlog(self, app_id: str) -> int:
-        from aiokafka.admin import AIOKafkaAdminClient
-
-        if self.admin is None:
-            self.admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
-            await self.admin.start()
-        s = settings_for(self.bootstrap, app_id, 1)
-        topic = updates_topic(s)
-        committed = await self.admin.list_consumer_group_offsets(app_id)
-        ends = await self._end_offsets(topic)
-        return sum(end - max(0, committed[tp].offset if tp in committed else 0) for tp, end in ends.items())
-
-    async def _end_offsets(self, topic: str) -> dict[TopicPartition, int]:
-        await self._ends([topic])  # starts the consumer, refreshes metadata
-        tps = [TopicPartition(topic, p) for p in sorted(self.consumer.partitions_for_topic(topic) or ())]
-        return await self.consumer.end_offsets(tps) if tps else {}
-
-    def backlog(self, app_id: str) -> int:
-        """Update-topic records the app's consumer group (the merge agents) has not committed yet.
-
-        Faust commits once a second, so a second of updates is the floor of this measure.
-        """
-        return self.loop.run_until_complete(self._backlog(app_id))
-
     def close(self) -> None:
         if self.consumer is not None:
             self.loop.run_until_complete(self.consumer.stop())
-        if self.admin is not None:
-            self.loop.run_until_complete(self.admin.close())
         self.loop.close()
 
 
