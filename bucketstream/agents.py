@@ -1,4 +1,4 @@
-"""Agents and timers: merge deltas into the table, flush our own, expire idle buckets.
+"""Agents and timers, registered on a Faust app for a Worker: merge deltas into the table, flush our own, expire idle buckets.
 
 ``updates`` carries whole lattice states keyed by bucket key (or an expiry
 request), co-partitioned with the table. The ``merge`` agent is the only
@@ -13,17 +13,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 
+import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from faust.types import TP
 
-from bucketstream import crdt, metrics, spill
-from bucketstream.app import FETCH_MAX_WAIT_MS, PREFETCH_BACKOFF, app, settings
-from bucketstream.tables import (RULES, buckets, limiter, mark_peer_feed_ready, mark_stopping, partition_for,
-                                 store_for)
-from bucketstream.topics import bootstrap_servers
+from bucketstream import crdt, metrics, patches, spill
+from bucketstream.topics import (FETCH_MAX_WAIT_MS, UPDATES_RETENTION_MS, bootstrap_servers, read_to_end,
+                                 updates_topic)
+from bucketstream.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -36,47 +35,22 @@ EXPIRE = b"\x00"
 #: the merge agent sends the batch again (``write_changelog``).
 PUBLISH_TIMEOUT_MS = 30_000
 
-updates = app.topic(
-    f"{settings.app_id}-updates",
-    key_type=bytes,
-    value_type=bytes,
-    key_serializer="raw",
-    value_serializer="raw",
-    partitions=settings.partitions,
-    replicas=settings.topic_replication,
-    internal=True,  # declared by the app: right partition count, no broker auto-creation
-    retention=3600.0,
-    deleting=True,
-)
+#: The merge agent takes the update topic in batches of up to this many events,
+#: or what arrived within MERGE_WITHIN seconds. States of one key within a batch
+#: are joined first, so the table (and its changelog) is written once per key per
+#: batch: three workers flushing a hot key every 10 ms make one changelog record, not three.
+MERGE_BATCH = 1000
+MERGE_WITHIN = 0.01
 
+#: How far back a starting worker reads the update topic: deltas that the
+#: table may not have merged yet (an owner that died, a rebalance).
+PEER_LOOKBACK = 120.0
 
-def expire_horizon(rule: crdt.Rule) -> float:
-    """How long a bucket must have been full before it may be deleted (≥ C/r)."""
-    return max(settings.expire_after, rule.capacity / rule.rate)
+#: How often the loop-lag probe wakes (``bucketstream_event_loop_lag_seconds``).
+LOOP_PROBE_INTERVAL = 0.05
 
-
-def is_stale(key: bytes, state: crdt.BucketState, now: float) -> bool:
-    """A state that has been full for longer than the expiry horizon.
-
-    It cannot change any answer on its own (it evaluates to a full bucket), but
-    joined with a bucket re-created after an expiry it would count consumption
-    that the expiry already forgave (see the caveat in ``crdt``). So it is
-    dropped, by the agent and by the peer feed alike. A key of a rule version
-    this worker does not know is never called stale (it cannot be evaluated).
-    """
-    policy = RULES.policy_for_key(key)
-    return policy is not None and crdt.is_full(state, policy.rule, now - expire_horizon(policy.rule))
-
-
-def _producer(role: str) -> AIOKafkaProducer:
-    """A dedicated producer: ``acks=all``, sends at once, gives up a batch after PUBLISH_TIMEOUT_MS."""
-    return AIOKafkaProducer(
-        bootstrap_servers=bootstrap_servers(settings),
-        client_id=f"{settings.node_id}-{role}",
-        acks="all",
-        linger_ms=0,
-        request_timeout_ms=PUBLISH_TIMEOUT_MS,
-    )
+#: How long a stopping worker waits for its last deltas to reach Kafka.
+SHUTDOWN_FLUSH_TIMEOUT = 10.0
 
 
 class TableWrites:
@@ -93,15 +67,16 @@ class TableWrites:
     does not have is read again by whoever owns the partition next.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, table: faust.Table) -> None:
+        self.table = table
         self.by_partition: dict[int, list[tuple[bytes, bytes | None]]] = {}
 
     def read(self, partition: int, key: bytes) -> bytes | None:
-        return store_for(partition).get(key)
+        return patches.store_db(self.table, partition).get(key)
 
     def put(self, partition: int, key: bytes, raw: bytes | None) -> None:
         """Write (``raw``) or delete (``None``) ``key`` in the partition's store; queue it for the changelog."""
-        db = store_for(partition)
+        db = patches.store_db(self.table, partition)
         if raw is None:
             db.delete(key)
         else:
@@ -109,20 +84,21 @@ class TableWrites:
         self.by_partition.setdefault(partition, []).append((key, raw))
 
 
-def apply_expire(key: bytes, now: float, partition: int, writes: TableWrites) -> str:
+def apply_expire(worker: Worker, key: bytes, now: float, partition: int, writes: TableWrites) -> str:
     current_raw = writes.read(partition, key)
     if current_raw is None:
         return "absent"
-    policy = RULES.policy_for_key(key)
+    policy = worker.rules.policy_for_key(key)
     # a key of a rule version no current rule has is never read again: drop it
-    if policy is not None and not is_stale(key, crdt.decode(current_raw), now):
+    if policy is not None and not worker.is_stale(key, crdt.decode(current_raw), now):
         return "kept"  # touched since the sweep looked: not idle after all
     writes.put(partition, key, None)
-    limiter.on_replica_changed(key, None, now)
+    worker.limiter.on_replica_changed(key, None, now)
     return "expired"
 
 
-def merge_state(key: bytes, delta: crdt.BucketState, now: float, partition: int, writes: TableWrites) -> str:
+def merge_state(worker: Worker, key: bytes, delta: crdt.BucketState, now: float, partition: int,
+                writes: TableWrites) -> str:
     """Read, join, write: no await in between (the agent is the table's only writer)."""
     current_raw = writes.read(partition, key)
     current = crdt.decode(current_raw) if current_raw is not None else crdt.BucketState()
@@ -131,19 +107,11 @@ def merge_state(key: bytes, delta: crdt.BucketState, now: float, partition: int,
         return "unchanged"  # a replay or a state we already had: no changelog write
     raw = crdt.encode(merged)
     writes.put(partition, key, raw)
-    limiter.on_replica_changed(key, raw, now)
+    worker.limiter.on_replica_changed(key, raw, now)
     return "merged"
 
 
-#: The merge agent takes the update topic in batches of up to this many events,
-#: or what arrived within MERGE_WITHIN seconds. States of one key within a batch
-#: are joined first, so the table (and its changelog) is written once per key per
-#: batch: three workers flushing a hot key every 10 ms make one changelog record, not three.
-MERGE_BATCH = 1000
-MERGE_WITHIN = 0.01
-
-
-def apply_batch(events, now: float) -> TableWrites:
+def apply_batch(worker: Worker, table: faust.Table, events, now: float) -> TableWrites:
     """Apply a batch of update-topic events in log order, joining each key's states first.
 
     An expiry request is a barrier for its key: what came before it is merged
@@ -151,32 +119,33 @@ def apply_batch(events, now: float) -> TableWrites:
     by one. Each key is written to the partition its update came from (the
     update topic is co-partitioned with the table).
     """
-    writes = TableWrites()
+    writes = TableWrites(table)
     joined: dict[bytes, crdt.BucketState] = {}
     source: dict[bytes, int] = {}  # key -> the partition of its updates
     results: dict[str, int] = {}
+    lags = worker.limiter.update_lags
 
     def count(result: str, n: int = 1) -> None:
         results[result] = results.get(result, 0) + n
 
     for event in events:
         key, value, message = event.key, event.value, event.message
-        limiter.update_lags.append(now - message.timestamp)
+        lags.append(now - message.timestamp)
         if not value:
             count("ignored")
             continue
         try:
             if value == EXPIRE:
                 if key in joined:
-                    count(merge_state(key, joined.pop(key), now, message.partition, writes))
-                count(apply_expire(key, now, message.partition, writes))
+                    count(merge_state(worker, key, joined.pop(key), now, message.partition, writes))
+                count(apply_expire(worker, key, now, message.partition, writes))
                 continue
             delta = crdt.decode(value)
         except crdt.CodecError as exc:
             count("malformed")
             log.error("skipping malformed update for key %r at %s: %s", key, message.tp, exc)
             continue
-        if is_stale(key, delta, now):
+        if worker.is_stale(key, delta, now):
             count("stale")
             continue
         source[key] = message.partition
@@ -188,7 +157,7 @@ def apply_batch(events, now: float) -> TableWrites:
             count("coalesced")
     for key, state in joined.items():
         try:
-            count(merge_state(key, state, now, source[key], writes))
+            count(merge_state(worker, key, state, now, source[key], writes))
         except crdt.CodecError as exc:  # the table's value, not the update, is garbage
             count("malformed")
             log.error("table value for key %r is not a bucket state: %s", key, exc)
@@ -197,7 +166,7 @@ def apply_batch(events, now: float) -> TableWrites:
     return writes
 
 
-async def write_changelog(producer: AIOKafkaProducer, writes: TableWrites) -> None:
+async def write_changelog(producer: AIOKafkaProducer, table: faust.Table, writes: TableWrites) -> None:
     """Send a batch's table writes to the changelog, and return once Kafka has all of them.
 
     A partition whose send fails (broker away longer than the producer's
@@ -205,17 +174,17 @@ async def write_changelog(producer: AIOKafkaProducer, writes: TableWrites) -> No
     already holds those values, and the updates they came from stay
     unacknowledged meanwhile. A duplicate changelog record is harmless.
     """
-    topic = buckets.changelog_topic_name
-    await asyncio.gather(*(_write_partition(producer, topic, p, records)
+    topic = table.changelog_topic_name
+    await asyncio.gather(*(_write_partition(producer, table, topic, p, records)
                            for p, records in writes.by_partition.items()))
 
 
-async def _write_partition(producer: AIOKafkaProducer, topic: str, partition: int,
+async def _write_partition(producer: AIOKafkaProducer, table: faust.Table, topic: str, partition: int,
                            records: list[tuple[bytes, bytes | None]]) -> None:
     last = await _send_until_taken(producer, topic, partition, records)
     # what Faust's own changelog callback keeps: the offset of the last record the store
     # has, from which a restart (or a later standby) resumes reading the changelog
-    buckets.data.set_persisted_offset(TP(topic, partition), last)
+    table.data.set_persisted_offset(TP(topic, partition), last)
 
 
 async def _send_until_taken(producer: AIOKafkaProducer, topic: str, partition: int,
@@ -264,305 +233,311 @@ def _fill_batches(producer: AIOKafkaProducer, records: list[tuple[bytes, bytes |
             yield builder, keys
 
 
-@app.agent(updates)
-async def merge(stream):
-    """Join every update into the table (the table's only writer), a batch at a time."""
-    producer = _producer("changelog")
-    await producer.start()
-    try:
-        async for events in stream.take_events(MERGE_BATCH, within=MERGE_WITHIN):
-            writes = apply_batch(events, time.time())
-            if writes.by_partition:
-                # before the next batch, so before Faust acknowledges these updates
-                await write_changelog(producer, writes)
-    finally:
+class Agents:
+    """The agents, tasks and timers of one worker (``register``), and what they share."""
+
+    def __init__(self, app: faust.App, worker: Worker, table: faust.Table) -> None:
+        self.app = app
+        self.worker = worker
+        self.limiter = worker.limiter
+        self.settings = settings = worker.settings
+        self.table = table
+        self.updates = app.topic(
+            updates_topic(settings),
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=settings.partitions,
+            replicas=settings.topic_replication,
+            internal=True,  # declared by the app: right partition count, no broker auto-creation
+            retention=UPDATES_RETENTION_MS / 1000,
+            deleting=True,
+        )
+        self._admin: AIOKafkaAdminClient | None = None
+        self._flush_task: asyncio.Task | None = None
+
+    def _producer(self, role: str) -> AIOKafkaProducer:
+        """A dedicated producer: ``acks=all``, sends at once, gives up a batch after PUBLISH_TIMEOUT_MS."""
+        return AIOKafkaProducer(
+            bootstrap_servers=bootstrap_servers(self.settings),
+            client_id=f"{self.settings.node_id}-{role}",
+            acks="all",
+            linger_ms=0,
+            request_timeout_ms=PUBLISH_TIMEOUT_MS,
+        )
+
+    # -- the merge agent ---------------------------------------------------------------------
+    async def merge(self, stream) -> None:
+        """Join every update into the table (the table's only writer), a batch at a time."""
+        producer = self._producer("changelog")
+        await producer.start()
+        try:
+            async for events in stream.take_events(MERGE_BATCH, within=MERGE_WITHIN):
+                writes = apply_batch(self.worker, self.table, events, self.worker.clock())
+                if writes.by_partition:
+                    # before the next batch, so before Faust acknowledges these updates
+                    await write_changelog(producer, self.table, writes)
+        finally:
+            await producer.stop()
+
+    # -- the peer feed -----------------------------------------------------------------------
+    async def peer_feed(self) -> None:
+        """Read every partition of the update topic and join each state into the local view.
+
+        Not a group consumer: every worker reads everything, so what one worker
+        admits reaches the others in one Kafka hop, and keeps reaching them while
+        the partition's owner is dead or a rebalance is moving it. The table
+        (through the agent and the changelog) stays the durable, merged record.
+        """
+        settings, limiter, worker = self.settings, self.limiter, self.worker
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap_servers(settings),
+            group_id=None,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+            client_id=f"{settings.node_id}-peer-feed",
+            key_deserializer=None,
+            value_deserializer=None,
+        )
+        await consumer.start()
+        patches.shorten_prefetch_backoff(consumer)  # as for Faust's consumer: no 100 ms hold-back
+        lags = limiter.peer_lags
+        clock = worker.clock
+
+        def take(tp: TopicPartition, records: list) -> None:
+            now = clock()
+            # one sample per partition fetch: when its newest record was produced
+            lags.append(now - records[-1].timestamp / 1000)
+            for record in records:
+                if not record.value or record.value == EXPIRE:
+                    continue
+                try:
+                    state = crdt.decode(record.value)
+                except crdt.CodecError:
+                    continue  # the agent logs it
+                if not worker.is_stale(record.key, state, now):
+                    limiter.on_peer_state(record.key, state, now)
+                    metrics.PEER_STATES.inc()
+
+        try:
+            await self.publish_spilled()  # before the end offsets below: the view reads them back before serving
+            tps = [TopicPartition(updates_topic(settings), p) for p in range(settings.partitions)]
+            consumer.assign(tps)
+            since = int((clock() - PEER_LOOKBACK) * 1000)
+            starts = await consumer.offsets_for_times({tp: since for tp in tps})
+            ends = await consumer.end_offsets(tps)
+            for tp in tps:
+                start = starts.get(tp)
+                consumer.seek(tp, start.offset if start is not None else ends[tp])
+            await self.refresh_worker_count()  # the burst cap needs the count before the first request
+            await read_to_end(consumer, tps, take)
+            worker.mark_peer_feed_ready()
+            while True:
+                for tp, records in (await consumer.getmany(timeout_ms=1000)).items():
+                    if records:
+                        take(tp, records)
+        finally:
+            await consumer.stop()
+
+    # -- the flusher ---------------------------------------------------------------------------
+    async def flush_deltas(self) -> None:
+        """Publish this worker's whole state once per touched key per flush interval.
+
+        Straight through a dedicated aiokafka producer, one record batch per
+        partition per flush (not Faust's one-message-at-a-time producer buffer);
+        each batch's send future says whether Kafka has it (``acks=all``), and a
+        failed batch's keys go out again with the next flush.
+        """
+        self._flush_task = asyncio.current_task()
+        topic = self.updates.get_topic_name()
+        producer = self._producer("publisher")
+        await producer.start()
+        try:
+            while True:
+                await asyncio.sleep(self.settings.flush_interval)
+                await self._publish(producer, topic)
+        finally:
+            # stopping (SIGTERM, a rolling restart): what was admitted since the last
+            # flush goes out too, and stop() waits for Kafka to have every batch
+            failure: BaseException | None = None
+            try:
+                await asyncio.wait_for(self._final_publish(producer, topic), SHUTDOWN_FLUSH_TIMEOUT)
+            except Exception as exc:  # noqa: BLE001 - broker away at shutdown: keep the states on disk
+                failure = exc
+            if failure is not None or self.limiter.unsettled:
+                self.keep_unpublished(failure)
+                # close it (what Kafka did not take is on disk now); give up on its pending batches
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(producer.stop(), 1.0)
+
+    async def publish_before_stopping(self) -> None:
+        """The first step of a worker's stop (``BucketApp.on_stop``), before Faust stops its
+        consumer: admit nothing more (503), then end the flusher, whose last publish holds
+        every admission (or, with Kafka away, keeps them on disk: ``keep_unpublished``).
+
+        First, because the rest of Faust's stop may never end while the broker is
+        away, and the flusher's own end would otherwise come after it.
+        """
+        self.worker.mark_stopping()
+        task = self._flush_task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=SHUTDOWN_FLUSH_TIMEOUT + 5.0)
+
+    async def _final_publish(self, producer: AIOKafkaProducer, topic: str) -> None:
+        await self._publish(producer, topic)
         await producer.stop()
+        if self.limiter.own_keys and not self.limiter.unsettled:
+            log.info("stopped: last deltas of %d key(s) published", self.limiter.own_keys)
 
+    def keep_unpublished(self, failure: BaseException | None) -> None:
+        """Kafka did not take this worker's last states: keep them in its data directory,
+        for the next process started on it to publish (``publish_spilled``)."""
+        path = spill.path_in(self.settings.data_dir)
+        states = self.limiter.own_encoded()
+        if not states:
+            return
+        try:
+            held = spill.write(path, states)
+        except (OSError, spill.SpillError) as exc:
+            log.error("stopping with %d key(s) not published (%r), and they could not be kept in %s: %r; "
+                      "those admissions are lost from the merged state", len(states), failure, path, exc)
+            return
+        log.error("stopping with %d key(s) not published (%r): kept in %s (%d key(s)); the next worker "
+                  "started with this data directory publishes them before it serves", len(states), failure,
+                  path, held)
 
-#: How far back a starting worker reads the update topic: deltas that the
-#: table may not have merged yet (an owner that died, a rebalance).
-PEER_LOOKBACK = 120.0
+    async def publish_spilled(self) -> None:
+        """Publish what the last process on this data directory could not, then delete the file.
 
+        Runs before the peer feed reads the update topic's end, so this worker's
+        view holds those states before it serves (it is not ready until then).
+        Kafka is reachable (the worker got this far), but a send that fails is
+        tried again until Kafka has the states: deleting the file before that would
+        lose them.
+        """
+        path = spill.path_in(self.settings.data_dir)
+        states = spill.read(path)
+        if not states:
+            return
+        topic = self.updates.get_topic_name()
+        producer = self._producer("spill")
+        await producer.start()
+        try:
+            await asyncio.gather(*(_send_until_taken(producer, topic, p, records)
+                                   for p, records in self._by_partition(states.items()).items()))
+        finally:
+            await producer.stop()
+        path.unlink()
+        log.warning("published %d state(s) the last process on %s could not, and deleted the file",
+                    len(states), self.settings.data_dir)
 
-@app.task
-async def peer_feed() -> None:
-    """Read every partition of the update topic and join each state into the local view.
+    async def _publish(self, producer: AIOKafkaProducer, topic: str) -> None:
+        batch = self.limiter.take_dirty(self.worker.clock())
+        if not batch:
+            return
+        metrics.DELTAS_FLUSHED.inc(len(batch))
+        await asyncio.gather(*(self._send_partition(producer, topic, p, records)
+                               for p, records in self._by_partition(batch).items()))
 
-    Not a group consumer: every worker reads everything, so what one worker
-    admits reaches the others in one Kafka hop, and keeps reaching them while
-    the partition's owner is dead or a rebalance is moving it. The table
-    (through the agent and the changelog) stays the durable, merged record.
-    """
-    topic = f"{settings.app_id}-updates"
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers(settings),
-        group_id=None,
-        enable_auto_commit=False,
-        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
-        client_id=f"{settings.node_id}-peer-feed",
-        key_deserializer=None,
-        value_deserializer=None,
-    )
-    await consumer.start()
-    fetcher = getattr(consumer, "_fetcher", None)
-    if fetcher is not None:  # as for Faust's consumer (app.py): no 100 ms hold-back of the next fetch
-        fetcher._prefetch_backoff = PREFETCH_BACKOFF
-    try:
-        await publish_spilled()  # before the end offsets below: the view reads them back before serving
-        tps = [TopicPartition(topic, p) for p in range(settings.partitions)]
-        consumer.assign(tps)
-        since = int((time.time() - PEER_LOOKBACK) * 1000)
-        starts = await consumer.offsets_for_times({tp: since for tp in tps})
-        ends = await consumer.end_offsets(tps)
-        for tp in tps:
-            start = starts.get(tp)
-            consumer.seek(tp, start.offset if start is not None else ends[tp])
-        behind = {tp: end for tp, end in ends.items() if end > 0}
-        await refresh_worker_count()  # the burst cap needs the count before the first request
-        if not behind:
-            mark_peer_feed_ready()
+    def _by_partition(self, records) -> dict[int, list[tuple[bytes, bytes]]]:
+        """(key, value) pairs grouped by the partition of their key, in order."""
+        out: dict[int, list[tuple[bytes, bytes]]] = {}
+        partition_for = self.worker.partition_for
+        for key, value in records:
+            out.setdefault(partition_for(key), []).append((key, value))
+        return out
+
+    async def _send_partition(self, producer: AIOKafkaProducer, topic: str, partition: int,
+                              records: list[tuple[bytes, bytes]]) -> None:
+        """Send the records in as few batches as they fit in; never raises (failures resend)."""
+        limiter, clock = self.limiter, self.worker.clock
+        for builder, keys in _fill_batches(producer, records):
+            if builder is None:  # a record larger than an empty batch: aiokafka's max_batch_size is far above ours
+                limiter.on_sent(keys, True, clock())
+                log.error("state of key %r does not fit a record batch", keys[0])
+                continue
+            try:
+                future = await producer.send_batch(builder, topic, partition=partition)
+            except Exception as exc:  # noqa: BLE001 - no room for it within the timeout: resend
+                log.warning("could not queue %d update(s) for %s[%d]: %r; sending them again", len(keys), topic,
+                            partition, exc)
+                limiter.on_sent(keys, True, clock())
+                continue
+            future.add_done_callback(lambda f, keys=keys: self._sent(f, keys))
+
+    def _sent(self, future: asyncio.Future, keys: list[bytes]) -> None:
+        failed = future.cancelled() or future.exception() is not None
+        if failed:
+            metrics.PUBLISH_FAILURES.inc(len(keys))
+            log.warning("publishing %d update(s) failed: %r; sending them again", len(keys),
+                        None if future.cancelled() else future.exception())
+        self.limiter.on_sent(keys, failed, self.worker.clock())
+
+    # -- timers -------------------------------------------------------------------------------
+    async def resend_unconfirmed(self) -> None:
+        """The safety net: send again what Kafka acknowledged but never showed (see Limiter.resend_stale)."""
+        self.limiter.resend_stale(self.worker.clock())
+
+    async def expire_idle(self) -> None:
+        """Ask the owner to delete buckets of our active partitions that are full and idle."""
+        now = self.worker.clock()
+        rules, worker = self.worker.rules, self.worker
+        stale = []
+        for i, (key, raw) in enumerate(self.table.items()):
+            try:
+                if rules.policy_for_key(key) is None or worker.is_stale(key, crdt.decode(raw), now):
+                    stale.append(key)
+            except crdt.CodecError:
+                pass  # garbage: the agent logs it when it meets it
+            if i % 1000 == 999:
+                await asyncio.sleep(0)
+        for key in stale:
+            await self.updates.send(key=key, value=EXPIRE)
+        if stale:
+            log.info("asked to expire %d idle buckets", len(stale))
+
+    async def count_workers(self) -> None:
+        await self.refresh_worker_count()
+
+    async def refresh_worker_count(self) -> None:
+        """How many workers share the limits (members of the consumer group), for the burst cap.
+
+        While Kafka cannot be asked, the last count stays: the cap keeps working.
+        """
+        try:
+            if self._admin is None:
+                self._admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(self.settings),
+                                                  request_timeout_ms=5000)
+                await self._admin.start()
+            (response,) = await asyncio.wait_for(self._admin.describe_consumer_groups([self.settings.app_id]), 5)
+            members = len(response.groups[0][5]) if response.groups else 0
+            if members:
+                self.limiter.live_workers = members
+        except Exception as exc:  # noqa: BLE001 - a count we cannot refresh keeps its last value
+            log.debug("could not count the workers: %s", exc)
+
+    async def watch_event_loop(self) -> None:
+        """Measure how late the event loop wakes a short sleep: the stretches of other
+        work that every request, flush and merge waits behind (the replication
+        delay's tail), next to the collector's pauses (``metrics.time_gc``)."""
+        metrics.time_gc()
+        loop = asyncio.get_running_loop()
         while True:
-            batch = await consumer.getmany(timeout_ms=1000)
-            now = time.time()
-            lags = limiter.peer_lags
-            for records in batch.values():
-                if records:  # one sample per partition fetch: when its newest record was produced
-                    lags.append(now - records[-1].timestamp / 1000)
-                for record in records:
-                    if not record.value or record.value == EXPIRE:
-                        continue
-                    try:
-                        state = crdt.decode(record.value)
-                    except crdt.CodecError:
-                        continue  # the agent logs it
-                    if not is_stale(record.key, state, now):
-                        limiter.on_peer_state(record.key, state, now)
-                        metrics.PEER_STATES.inc()
-            if behind:
-                for tp in list(behind):
-                    if await consumer.position(tp) >= behind[tp]:
-                        del behind[tp]
-                if not behind:
-                    mark_peer_feed_ready()
-    finally:
-        await consumer.stop()
+            before = loop.time()
+            await asyncio.sleep(LOOP_PROBE_INTERVAL)
+            metrics.LOOP_LAG.observe(max(0.0, loop.time() - before - LOOP_PROBE_INTERVAL))
 
 
-#: How often the loop-lag probe wakes (``bucketstream_event_loop_lag_seconds``).
-LOOP_PROBE_INTERVAL = 0.05
-
-
-@app.task
-async def watch_event_loop() -> None:
-    """Measure how late the event loop wakes a short sleep: the stretches of other
-    work that every request, flush and merge waits behind (the replication
-    delay's tail), next to the collector's pauses (``metrics.time_gc``)."""
-    metrics.time_gc()
-    loop = asyncio.get_running_loop()
-    while True:
-        before = loop.time()
-        await asyncio.sleep(LOOP_PROBE_INTERVAL)
-        metrics.LOOP_LAG.observe(max(0.0, loop.time() - before - LOOP_PROBE_INTERVAL))
-
-
-_admin: AIOKafkaAdminClient | None = None
-
-
-@app.timer(5.0)
-async def count_workers() -> None:
-    await refresh_worker_count()
-
-
-async def refresh_worker_count() -> None:
-    """How many workers share the limits (members of the consumer group), for the burst cap.
-
-    While Kafka cannot be asked, the last count stays: the cap keeps working.
-    """
-    global _admin
-    try:
-        if _admin is None:
-            _admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(settings), request_timeout_ms=5000)
-            await _admin.start()
-        (response,) = await asyncio.wait_for(_admin.describe_consumer_groups([settings.app_id]), 5)
-        members = len(response.groups[0][5]) if response.groups else 0
-        if members:
-            limiter.live_workers = members
-    except Exception as exc:  # noqa: BLE001 - a count we cannot refresh keeps its last value
-        log.debug("could not count the workers: %s", exc)
-
-
-limiter.max_unconfirmed = settings.max_unconfirmed_keys
-
-
-@app.task
-async def flush_deltas() -> None:
-    """Publish this worker's whole state once per touched key per flush interval.
-
-    Straight through a dedicated aiokafka producer, one record batch per
-    partition per flush (not Faust's one-message-at-a-time producer buffer);
-    each batch's send future says whether Kafka has it (``acks=all``), and a
-    failed batch's keys go out again with the next flush.
-    """
-    global _flush_task
-    _flush_task = asyncio.current_task()
-    topic = updates.get_topic_name()
-    producer = _producer("publisher")
-    await producer.start()
-    try:
-        while True:
-            await asyncio.sleep(settings.flush_interval)
-            await _publish(producer, topic)
-    finally:
-        # stopping (SIGTERM, a rolling restart): what was admitted since the last
-        # flush goes out too, and stop() waits for Kafka to have every batch
-        failure: BaseException | None = None
-        try:
-            await asyncio.wait_for(_final_publish(producer, topic), SHUTDOWN_FLUSH_TIMEOUT)
-        except Exception as exc:  # noqa: BLE001 - broker away at shutdown: keep the states on disk
-            failure = exc
-        if failure is not None or limiter.unsettled:
-            keep_unpublished(failure)
-            # close it (what Kafka did not take is on disk now); give up on its pending batches
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(producer.stop(), 1.0)
-
-
-#: How long a stopping worker waits for its last deltas to reach Kafka.
-SHUTDOWN_FLUSH_TIMEOUT = 10.0
-
-_flush_task: asyncio.Task | None = None
-
-
-async def publish_before_stopping() -> None:
-    """The first step of a worker's stop (``BucketApp.on_stop``), before Faust stops its
-    consumer: admit nothing more (503), then end the flusher, whose last publish holds
-    every admission (or, with Kafka away, keeps them on disk: ``keep_unpublished``).
-
-    First, because the rest of Faust's stop may never end while the broker is
-    away, and the flusher's own end would otherwise come after it.
-    """
-    mark_stopping()
-    task = _flush_task
-    if task is not None and not task.done():
-        task.cancel()
-        await asyncio.wait({task}, timeout=SHUTDOWN_FLUSH_TIMEOUT + 5.0)
-
-
-async def _final_publish(producer: AIOKafkaProducer, topic: str) -> None:
-    await _publish(producer, topic)
-    await producer.stop()
-    if limiter.own_keys and not limiter.unsettled:
-        log.info("stopped: last deltas of %d key(s) published", limiter.own_keys)
-
-
-def keep_unpublished(failure: BaseException | None) -> None:
-    """Kafka did not take this worker's last states: keep them in its data directory,
-    for the next process started on it to publish (``publish_spilled``)."""
-    path = spill.path_in(settings.data_dir)
-    states = limiter.own_encoded()
-    if not states:
-        return
-    try:
-        held = spill.write(path, states)
-    except (OSError, spill.SpillError) as exc:
-        log.error("stopping with %d key(s) not published (%r), and they could not be kept in %s: %r; "
-                  "those admissions are lost from the merged state", len(states), failure, path, exc)
-        return
-    log.error("stopping with %d key(s) not published (%r): kept in %s (%d key(s)); the next worker "
-              "started with this data directory publishes them before it serves", len(states), failure,
-              path, held)
-
-
-async def publish_spilled() -> None:
-    """Publish what the last process on this data directory could not, then delete the file.
-
-    Runs before the peer feed reads the update topic's end, so this worker's
-    view holds those states before it serves (it is not ready until then).
-    Kafka is reachable (the worker got this far), but a send that fails is
-    tried again until Kafka has the states: deleting the file before that would
-    lose them.
-    """
-    path = spill.path_in(settings.data_dir)
-    states = spill.read(path)
-    if not states:
-        return
-    topic = updates.get_topic_name()
-    producer = _producer("spill")
-    await producer.start()
-    try:
-        await asyncio.gather(*(_send_until_taken(producer, topic, p, records)
-                               for p, records in _by_partition(states.items()).items()))
-    finally:
-        await producer.stop()
-    path.unlink()
-    log.warning("published %d state(s) the last process on %s could not, and deleted the file",
-                len(states), settings.data_dir)
-
-
-async def _publish(producer: AIOKafkaProducer, topic: str) -> None:
-    batch = limiter.take_dirty(time.time())
-    if not batch:
-        return
-    metrics.DELTAS_FLUSHED.inc(len(batch))
-    await asyncio.gather(*(_send_partition(producer, topic, p, records)
-                           for p, records in _by_partition(batch).items()))
-
-
-def _by_partition(records) -> dict[int, list[tuple[bytes, bytes]]]:
-    """(key, value) pairs grouped by the partition of their key, in order."""
-    out: dict[int, list[tuple[bytes, bytes]]] = {}
-    for key, value in records:
-        out.setdefault(partition_for(key), []).append((key, value))
-    return out
-
-
-async def _send_partition(producer: AIOKafkaProducer, topic: str, partition: int,
-                          records: list[tuple[bytes, bytes]]) -> None:
-    """Send the records in as few batches as they fit in; never raises (failures resend)."""
-    for builder, keys in _fill_batches(producer, records):
-        if builder is None:  # a record larger than an empty batch: aiokafka's max_batch_size is far above ours
-            limiter.on_sent(keys, True, time.time())
-            log.error("state of key %r does not fit a record batch", keys[0])
-            continue
-        try:
-            future = await producer.send_batch(builder, topic, partition=partition)
-        except Exception as exc:  # noqa: BLE001 - no room for it within the timeout: resend
-            log.warning("could not queue %d update(s) for %s[%d]: %r; sending them again", len(keys), topic,
-                        partition, exc)
-            limiter.on_sent(keys, True, time.time())
-            continue
-        future.add_done_callback(lambda f, keys=keys: _sent(f, keys))
-
-
-def _sent(future: asyncio.Future, keys: list[bytes]) -> None:
-    failed = future.cancelled() or future.exception() is not None
-    if failed:
-        metrics.PUBLISH_FAILURES.inc(len(keys))
-        log.warning("publishing %d update(s) failed: %r; sending them again", len(keys),
-                    None if future.cancelled() else future.exception())
-    limiter.on_sent(keys, failed, time.time())
-
-
-@app.timer(1.0)
-async def resend_unconfirmed() -> None:
-    """The safety net: send again what Kafka acknowledged but never showed (see Limiter.resend_stale)."""
-    limiter.resend_stale(time.time())
-
-
-@app.timer(settings.expire_check_interval)
-async def expire_idle() -> None:
-    """Ask the owner to delete buckets of our active partitions that are full and idle."""
-    now = time.time()
-    stale = []
-    for i, (key, raw) in enumerate(buckets.items()):
-        try:
-            if RULES.policy_for_key(key) is None or is_stale(key, crdt.decode(raw), now):
-                stale.append(key)
-        except crdt.CodecError:
-            pass  # garbage: the agent logs it when it meets it
-        if i % 1000 == 999:
-            await asyncio.sleep(0)
-    for key in stale:
-        await updates.send(key=key, value=EXPIRE)
-    if stale:
-        log.info("asked to expire %d idle buckets", len(stale))
+def register(app: faust.App, worker: Worker, table: faust.Table) -> Agents:
+    """Declare the update topic, the merge agent, the tasks and the timers on ``app``."""
+    a = Agents(app, worker, table)
+    app.agent(a.updates, name="bucketstream.agents.merge")(a.merge)
+    app.task(a.peer_feed)
+    app.task(a.flush_deltas)
+    app.task(a.watch_event_loop)
+    app.timer(5.0, name="bucketstream.agents.count_workers")(a.count_workers)
+    app.timer(1.0, name="bucketstream.agents.resend_unconfirmed")(a.resend_unconfirmed)
+    app.timer(worker.settings.expire_check_interval, name="bucketstream.agents.expire_idle")(a.expire_idle)
+    return a

@@ -1,8 +1,7 @@
 """The ``bucketstream`` command: run a worker, look at buckets.
 
-Options only set ``BUCKETSTREAM_*`` environment variables; ``settings.load``
-validates them all in one place, so ``faust -A bucketstream.app worker`` with
-the same variables behaves the same.
+A worker's options override the ``BUCKETSTREAM_*`` environment variables of
+the same names; ``settings.load`` validates both in one place.
 
 ``inspect`` asks a worker about one bucket; ``table dump`` and ``table top``
 read the table's compacted changelog straight from Kafka and need no worker.
@@ -79,18 +78,18 @@ def main() -> None:
 @_option("log_level", "--log-level", metavar="LEVEL")
 def worker(**options) -> None:
     """Run one Faust worker: the bucket table, its agents and the HTTP API."""
-    for name, value in options.items():
-        if value is not None:
-            os.environ[_env(name)] = str(value)
-    try:
-        from bucketstream.app import app, settings
-        from bucketstream.topics import ensure_topics
+    from bucketstream import patches
+    from bucketstream.app import create_app
+    from bucketstream.topics import ensure_topics
 
+    try:
+        settings = load({name: value for name, value in options.items() if value is not None})
+        app = create_app(settings)  # validates the rules and the libraries' internals; no I/O
         # topics first, so a cluster that cannot hold them is named here, not in a traceback
         asyncio.run(ensure_topics(settings))
         # states a stopped worker kept on this data directory: published before serving
         spill.read(spill.path_in(settings.data_dir))
-    except ConfigError as exc:
+    except (ConfigError, patches.PatchError) as exc:
         raise click.ClickException(str(exc)) from None
     except spill.SpillError as exc:
         raise click.ClickException(
@@ -101,11 +100,7 @@ def worker(**options) -> None:
 
     os.makedirs(settings.data_dir, exist_ok=True)
     w = Worker(app, loglevel=settings.log_level.upper(), quiet=True)
-    # No terminal spinner: at a log level of WARNING or above Faust would add a
-    # spinner handler and set the root logger to DEBUG (faust/worker.py,
-    # _setup_spinner_handler), so every log.debug of aiokafka, mode and Faust
-    # built a LogRecord: 3 % of a hot-user worker's CPU, 11 % under unique users.
-    w.spinner = None
+    patches.no_spinner(w)
     w.execute_from_commandline()
 
 
@@ -248,12 +243,9 @@ def _read_table(options: dict, timeout: float):
     from bucketstream.rules import Rules
     from bucketstream.topics import bootstrap_servers, changelog_topic
 
-    for name, value in options.items():
-        if value is not None:
-            os.environ[_env(name)] = str(value)
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # its connection errors become our one line
     try:
-        settings = load()
+        settings = load({name: value for name, value in options.items() if value is not None})
         rules = Rules.from_settings(settings.capacity, settings.rate, settings.limits)
     except ConfigError as exc:
         raise _fail(exc, 2) from None

@@ -23,7 +23,7 @@ from aiokafka.errors import KafkaError
 
 from bucketstream.rules import Rules
 from bucketstream.settings import ConfigError, Settings
-from bucketstream.topics import bootstrap_servers, rules_topic
+from bucketstream.topics import bootstrap_servers, read_to_end, rules_topic
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +37,10 @@ async def read_history(settings: Settings) -> dict[str, list[dict]]:
         tp = TopicPartition(rules_topic(settings), 0)
         consumer.assign([tp])
         await consumer.seek_to_beginning(tp)
-        end = (await consumer.end_offsets([tp]))[tp]
         recorded: dict[str, list[dict]] = {}
-        while await consumer.position(tp) < end:
-            for record in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
+
+        def take(_tp: TopicPartition, records: list) -> None:
+            for record in records:
                 name = record.key.decode("utf-8", "replace") if record.key else ""
                 if record.value is None:
                     recorded.pop(name, None)
@@ -53,6 +53,8 @@ async def read_history(settings: Settings) -> dict[str, list[dict]]:
                     log.warning("ignoring a malformed rule history record for %r: %s", name, exc)
                     continue
                 recorded[name] = [v for v in versions if isinstance(v, dict)]
+
+        await read_to_end(consumer, [tp], take)
         return recorded
     finally:
         await consumer.stop()

@@ -1,9 +1,8 @@
 """Look at buckets from outside a worker: the table straight from Kafka, one bucket from a worker.
 
 The logic behind ``bucketstream table dump|top`` and ``bucketstream inspect``
-(``cli.py`` only parses options and prints). Nothing here imports the Faust
-app (``bucketstream.app`` builds it at import time), so these tools start
-fast and need no worker: the table is the compacted changelog topic
+(``cli.py`` only parses options and prints). Nothing here builds a Faust
+app, so these tools start fast and need no worker: the table is the compacted changelog topic
 ``<app_id>-buckets-changelog``, read from its beginning up to the end offsets
 seen at start, keeping each key's latest value and dropping tombstones.
 
@@ -34,6 +33,7 @@ from aiokafka.errors import KafkaError
 
 from bucketstream import crdt
 from bucketstream.rules import Rules
+from bucketstream.topics import CHANGELOG_SUFFIX, FETCH_MAX_WAIT_MS, read_to_end
 
 __all__ = [
     "InspectError", "Unreachable", "TopicMissing", "WorkerError",
@@ -41,8 +41,6 @@ __all__ = [
     "read_changelog", "table", "top", "fetch_bucket", "split_key", "display",
 ]
 
-CHANGELOG_SUFFIX = "-buckets-changelog"
-FETCH_MAX_WAIT_MS = 20
 #: A bucket key as ``table dump`` prints it: 8 hex digits of rule version, resource, user.
 _KEY_RE = re.compile(r"^[0-9a-f]{8}\|([^|]*)\|(.+)$", re.S)
 
@@ -138,26 +136,17 @@ async def _read(consumer: AIOKafkaConsumer, topic: str, app_id: str, where: str)
     while not consumer.assignment():
         await asyncio.sleep(0.02)
     tps = sorted(consumer.assignment())
-    ends = await consumer.end_offsets(tps)
-    starts = await consumer.beginning_offsets(tps)
     await consumer.seek_to_beginning(*tps)
-    pending = {tp: ends[tp] for tp in tps if ends[tp] > starts[tp]}
     latest: dict[bytes, Record | None] = {}
-    while pending:
-        batch = await consumer.getmany(*pending, timeout_ms=500)
-        for tp, records in batch.items():
-            end = ends[tp]
-            for r in records:
-                if r.offset >= end:
-                    break  # written after we started: not part of this snapshot
-                # a tombstone (value None) deletes the key; an empty value is kept (and reported)
-                key = r.key if r.key is not None else b""  # never written by Faust; shown, not fatal
-                latest[key] = None if r.value is None else Record(r.value, tp.partition, r.offset,
-                                                                     r.timestamp / 1000)
-        for tp in list(pending):
-            if await consumer.position(tp) >= pending[tp]:
-                del pending[tp]
-                consumer.pause(tp)
+
+    def take(tp, records) -> None:
+        for r in records:
+            # a tombstone (value None) deletes the key; an empty value is kept (and reported)
+            key = r.key if r.key is not None else b""  # never written by Faust; shown, not fatal
+            latest[key] = None if r.value is None else Record(r.value, tp.partition, r.offset, r.timestamp / 1000)
+
+    # later records are not part of this snapshot
+    await read_to_end(consumer, tps, take, snapshot=True)
     return Snapshot(topic, len(tps), {k: v for k, v in latest.items() if v is not None})
 
 
@@ -259,10 +248,10 @@ def split_key(text: str) -> tuple[str, str | None] | None:
 
 
 def fetch_bucket(worker: str, user: str, resource: str | None = None, timeout: float = 5.0) -> dict:
-    """``GET {worker}/buckets/{user}[?resource=R]``: the worker's view of one bucket, as JSON."""
-    url = f"{worker.rstrip('/')}/buckets/{urllib.parse.quote(user, safe='')}"
-    if resource is not None:
-        url += "?" + urllib.parse.urlencode({"resource": resource})
+    """``GET {worker}/buckets/{user}?debug=1[&resource=R]``: the worker's view of one bucket,
+    with the CRDT's internals, as JSON."""
+    query = {"debug": "1"} if resource is None else {"debug": "1", "resource": resource}
+    url = f"{worker.rstrip('/')}/buckets/{urllib.parse.quote(user, safe='')}?{urllib.parse.urlencode(query)}"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             body = resp.read()

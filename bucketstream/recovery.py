@@ -16,7 +16,8 @@ closed through Faust's own store object (``partition_path``,
 ``rocksdb_options.open``), so the files are exactly the ones Faust opens next.
 
 Nothing here calls ``limiter.on_replica_changed``: the decoded cache starts
-empty, and a miss reads RocksDB.
+empty, and a miss reads RocksDB. Faust's store internals are reached through
+``patches``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ import time
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from bucketstream import patches
+from bucketstream.topics import read_to_end
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +56,8 @@ class BulkStats:
                 "partitions": {str(p): v for p, v in sorted(self.partitions.items())}, "error": self.error}
 
 
-STATS = BulkStats()
-
-
 async def preload(store, topic: str, partitions: int, bootstrap_servers: list[str] | str,
-                  client_id: str = "bucketstream-bulk-recovery") -> BulkStats:
+                  client_id: str = "bucketstream-bulk-recovery", stats: BulkStats | None = None) -> BulkStats:
     """Bring every partition store of ``store`` (a ``faust.stores.rocksdb.Store``) up to the
     changelog's end offset, as of now.
 
@@ -67,7 +68,7 @@ async def preload(store, topic: str, partitions: int, bootstrap_servers: list[st
     """
     import rocksdict
 
-    stats = STATS
+    stats = BulkStats() if stats is None else stats
     started = time.monotonic()
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers,
@@ -89,52 +90,50 @@ async def preload(store, topic: str, partitions: int, bootstrap_servers: list[st
         consumer.assign(tps)
         begins = await consumer.beginning_offsets(tps)
         ends = await consumer.end_offsets(tps)
-        behind: dict[TopicPartition, int] = {}
+        behind = []
         for tp in tps:
             end = ends[tp]
             if end <= begins[tp]:
                 continue  # empty (or compacted away): nothing to write, no store to create
-            db = dbs[tp.partition] = store.rocksdb_options.open(store.partition_path(tp.partition))
+            db = dbs[tp.partition] = patches.open_partition_store(store, tp.partition)
             raw = db.get(offset_key)
             persisted = int(raw) if raw is not None else None
             start = max(begins[tp], persisted + 1 if persisted is not None else 0)
             if start >= end:
                 continue  # the store is already current
             consumer.seek(tp, start)
-            behind[tp] = end
+            behind.append(tp)
             stats.partitions[tp.partition] = {"from": start, "to": start - 1, "records": 0}
-        while behind:
-            batch = await consumer.getmany(*behind, timeout_ms=1000, max_records=MAX_RECORDS)
-            for tp, records in batch.items():
-                if not records:
-                    continue
-                wb = rocksdict.WriteBatch(raw_mode=True)
-                deletes = 0
-                for record in records:
-                    if record.value is None:
-                        wb.delete(record.key)
-                        deletes += 1
-                    else:
-                        wb.put(record.key, record.value)
-                last = records[-1].offset
-                # the offset Faust keeps: that of the last record applied (Store.set_persisted_offset)
-                wb.put(offset_key, str(last).encode())
-                dbs[tp.partition].write(wb)
-                part = stats.partitions[tp.partition]
-                part["to"] = last
-                part["records"] += len(records)
-                stats.records += len(records)
-                stats.deletes += deletes
-            for tp in list(behind):
-                position = await consumer.position(tp)
-                if position >= behind[tp]:
-                    del behind[tp]
-                    part = stats.partitions[tp.partition]
-                    if position - 1 > part["to"]:
-                        # no record after the last one applied (a gap, e.g. a transaction marker):
-                        # everything up to the end is applied, which is what the readiness check compares
-                        dbs[tp.partition].put(offset_key, str(position - 1).encode())
-                        part["to"] = position - 1
+
+        def write(tp: TopicPartition, records: list) -> None:
+            wb = rocksdict.WriteBatch(raw_mode=True)
+            deletes = 0
+            for record in records:
+                if record.value is None:
+                    wb.delete(record.key)
+                    deletes += 1
+                else:
+                    wb.put(record.key, record.value)
+            last = records[-1].offset
+            # the offset Faust keeps: that of the last record applied (Store.set_persisted_offset)
+            wb.put(offset_key, str(last).encode())
+            dbs[tp.partition].write(wb)
+            part = stats.partitions[tp.partition]
+            part["to"] = last
+            part["records"] += len(records)
+            stats.records += len(records)
+            stats.deletes += deletes
+
+        if behind:
+            await read_to_end(consumer, behind, write, max_records=MAX_RECORDS)
+        for tp in behind:
+            part = stats.partitions[tp.partition]
+            position = await consumer.position(tp)
+            if position - 1 > part["to"]:
+                # no record after the last one applied (a gap, e.g. a transaction marker):
+                # everything up to the end is applied, which is what the readiness check compares
+                dbs[tp.partition].put(offset_key, str(position - 1).encode())
+                part["to"] = position - 1
     finally:
         for db in dbs.values():
             db.close()  # Faust opens (and locks) them next

@@ -1,9 +1,10 @@
 """Worker configuration: one validated object, read from the environment.
 
-Every setting is an environment variable ``BUCKETSTREAM_<NAME>``; the
-``bucketstream worker`` options only set those variables, so there is one
-source of truth and one validator. A bad value fails at start-up with a
-message that names the variable and the problem (see :func:`load`).
+Every setting is an environment variable ``BUCKETSTREAM_<NAME>``; a
+``bucketstream worker`` option of the same name overrides it, and one
+validator checks both. A bad value fails at start-up with a message that
+names the variable and the problem (see :func:`load`). Nothing is read at
+import: a worker's settings are the object :func:`load` returns.
 """
 
 from __future__ import annotations
@@ -71,10 +72,11 @@ class Settings(BaseSettings):
         return self
 
 
-def load() -> Settings:
-    """Read and validate the environment; raise ConfigError naming each problem."""
+def load(overrides: dict | None = None) -> Settings:
+    """Read and validate the environment, with ``overrides`` (setting name -> value, the
+    command line's options) taking precedence; raise ConfigError naming each problem."""
     try:
-        return Settings()
+        return Settings(**(overrides or {}))
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import logging
 
+from collections.abc import Callable
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -20,13 +23,24 @@ log = logging.getLogger(__name__)
 
 UPDATES_RETENTION_MS = 3_600_000  # deltas are transient: the changelog holds the state
 
+#: How long the broker may hold a fetch of the project's own group-less consumers
+#: (the peer feed, the table reader) that has no data: the peer feed is the
+#: replication path, and the broker answers as soon as one byte is there. 20 ms
+#: costs an idle worker about 50 small fetch requests a second.
+FETCH_MAX_WAIT_MS = 20
+
+
+#: The Faust table's name; Faust names its changelog ``<app_id>-<table>-changelog``.
+TABLE = "buckets"
+CHANGELOG_SUFFIX = f"-{TABLE}-changelog"
+
 
 def updates_topic(settings: Settings) -> str:
     return f"{settings.app_id}-updates"
 
 
 def changelog_topic(settings: Settings) -> str:
-    return f"{settings.app_id}-buckets-changelog"
+    return f"{settings.app_id}{CHANGELOG_SUFFIX}"
 
 
 def rules_topic(settings: Settings) -> str:
@@ -88,3 +102,34 @@ async def ensure_topics(settings: Settings) -> None:
                     "or the partition count the topics were created with)")
     finally:
         await admin.close()
+
+
+async def read_to_end(consumer: AIOKafkaConsumer, tps: list[TopicPartition],
+                      handle: Callable[[TopicPartition, list], None], *, max_records: int | None = None,
+                      snapshot: bool = False) -> dict[TopicPartition, int]:
+    """Read the assigned partitions ``tps``, from their positions, up to the end offsets they
+    have now, calling ``handle(tp, records)`` with each fetched chunk; returns those end offsets.
+
+    Every fetched record is handed on, also one written after that end (the
+    consumer's position is past it: a caller that goes on reading, or keeps the
+    position, must not lose it). ``snapshot``: leave those out and stop fetching
+    a partition once it is read, for a reader that stops there.
+
+    The one "group-less consumer reads a topic to its end" of the project: the peer
+    feed's catch-up, bulk recovery, the rule history and the table reader.
+    """
+    ends = await consumer.end_offsets(tps)
+    behind = {tp: ends[tp] for tp in tps if await consumer.position(tp) < ends[tp]}
+    while behind:
+        batch = await consumer.getmany(*behind, timeout_ms=1000, max_records=max_records)
+        for tp, records in batch.items():
+            if snapshot and records and records[-1].offset >= ends[tp]:
+                records = [r for r in records if r.offset < ends[tp]]
+            if records:
+                handle(tp, records)
+        for tp in list(behind):
+            if await consumer.position(tp) >= behind[tp]:
+                del behind[tp]
+                if snapshot:
+                    consumer.pause(tp)
+    return ends

@@ -1,8 +1,9 @@
-"""Web views: ``POST /protected``, bucket inspection, health.
+"""Web routes, registered on a Faust app for a Worker: ``POST /protected``, bucket inspection, health.
 
 Handlers are thin: parse, call the limiter, map the answer to HTTP. The
-decision is local (``tables.limiter``): no Kafka round trip, no disk write,
-no hop to another worker. Every error a client can cause is a 4xx with a JSON
+decision is local (the worker's ``limiter``): no Kafka round trip, no disk
+write, no hop to another worker. The response formatting at module level is
+pure (``decision_response``): importing this module builds nothing. Every error a client can cause is a 4xx with a JSON
 body ``{"error": ...}``, also for what aiohttp's parser and router refuse
 (``_JsonRequestHandler``); anything unexpected is a JSON 500, logged (a bug,
 never a client's fault).
@@ -18,15 +19,15 @@ import time
 from http import HTTPStatus
 from typing import NamedTuple
 
+import faust
 from aiohttp import web as aioweb
 from aiohttp.web_protocol import RequestHandler
 from faust.web import Request, View
 
-from bucketstream import crdt, metrics, recovery
-from bucketstream.app import SLOT, app, settings
+from bucketstream import crdt, metrics, patches
 from bucketstream.rules import Policy, Rules, UnknownResource
 from bucketstream.validate import BadRequest, check_key, check_resource, parse_user
-from bucketstream.tables import RULES, buckets, is_stopping, limiter, partition_for, tables_ready
+from bucketstream.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +122,8 @@ def decision_response(decision: crdt.Decision, policy: Policy, shadow_refused: b
     return _Response(body=f'{head}, "retry_after": {retry}}}'.encode(), status=429, headers=headers)
 
 
-def not_ready() -> aioweb.Response:
-    if is_stopping():
+def not_ready(worker: Worker) -> aioweb.Response:
+    if worker.stopping:
         return error(503, "this worker is stopping; try another one", {"Retry-After": "1"})
     return error(503, "tables are recovering; try again shortly", {"Retry-After": "1"})
 
@@ -132,117 +133,104 @@ def overloaded() -> aioweb.Response:
                  {"Retry-After": "1"})
 
 
-BURST_CAP = settings.burst_cap
 #: The decision-latency histogram times 1 decision in this many (two clock reads and a
 #: locked observe per request cost more than the decision they measure).
 DECISION_SAMPLE = metrics.DECISION_SAMPLE
-_sample_tick = 0
 
 
-def protect(request, resource: str | None) -> aioweb.Response:
-    """The hot path: parse, decide locally, answer. No await, no I/O besides the local replica read."""
-    global _sample_tick
-    try:
-        user = parse_user(request.headers)
-        if resource is not None:
-            resource = check_resource(resource)
-    except BadRequest as exc:
-        metrics.BAD_REQUESTS.labels("bad_request").inc()
-        return error(400, str(exc))
-    try:
-        policy = RULES.policy(user, resource)
-    except UnknownResource:
-        metrics.BAD_REQUESTS.labels("unknown_resource").inc()
-        return error(404, f"no rule for resource {resource!r}")
-    if not tables_ready():
-        return not_ready()
-    key = Rules.key(policy, user, resource)
-    if not limiter.accepts(key):
-        metrics.decision(policy.name, "overloaded")
-        return overloaded()
-    _sample_tick += 1
-    if _sample_tick % DECISION_SAMPLE:
-        decision = limiter.decide(key, policy.rule, time.time(), capped=BURST_CAP)
-    else:
-        started = time.perf_counter()
-        decision = limiter.decide(key, policy.rule, time.time(), capped=BURST_CAP)
-        metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
-    if decision.allowed:
-        metrics.decision(policy.name, "allowed")
-        return decision_response(decision, policy)
-    if policy.shadow:
-        metrics.decision(policy.name, "shadow_refused")
-        return decision_response(decision, policy, shadow_refused=True)
-    metrics.decision(policy.name, "refused")
-    return decision_response(decision, policy)
+def protector(worker: Worker):
+    """``protect(request, resource)``: the hot path of one worker. Parse, decide locally,
+    answer; no await, no I/O besides the local replica read. What it needs is bound
+    once, here, as closure variables (as fast to reach as globals)."""
+    rules, limiter, ready, clock, capped = worker.rules, worker.limiter, worker.ready, worker.clock, worker.burst_cap
+    decide, accepts, decision = limiter.decide, limiter.accepts, metrics.decision
+    perf_counter, observe = time.perf_counter, metrics.DECISION_SECONDS.observe
+    tick = 0
 
-
-# POST /protected and /protected/{resource} are plain aiohttp routes on the
-# worker's own (Faust's) web server, not Faust views: Faust's View dispatch and
-# its per-request sensors cost more than the decision. Other methods on these
-# paths get aiohttp's 405 (with Allow), made JSON by _JsonRequestHandler.
-
-async def protected(request: aioweb.Request) -> aioweb.Response:
-    """POST /protected: one token from the caller's default bucket, decided locally."""
-    return protect(request, None)
-
-
-async def protected_resource(request: aioweb.Request) -> aioweb.Response:
-    """POST /protected/{resource}: one token from the caller's bucket for that resource."""
-    return protect(request, request.match_info["resource"])
-
-
-app.web.web_app.router.add_post("/protected", protected)
-app.web.web_app.router.add_post("/protected/{resource}", protected_resource)
-
-
-@app.page("/buckets/{user}")
-class BucketView(View):
-    """GET /buckets/{user}[?resource=R]: this worker's view of one bucket (operators, tests)."""
-
-    async def get(self, request: Request, user: str) -> aioweb.Response:
+    def protect(request, resource: str | None) -> aioweb.Response:
+        nonlocal tick
         try:
-            user = check_key(user, "bucket key")
-            resource = check_resource(request.query.get("resource"))
-            policy = RULES.policy(user, resource)
+            user = parse_user(request.headers)
+            if resource is not None:
+                resource = check_resource(resource)
         except BadRequest as exc:
+            metrics.BAD_REQUESTS.labels("bad_request").inc()
             return error(400, str(exc))
+        try:
+            policy = rules.policy(user, resource)
         except UnknownResource:
+            metrics.BAD_REQUESTS.labels("unknown_resource").inc()
             return error(404, f"no rule for resource {resource!r}")
-        now = time.time()
-        k = Rules.key(policy, user, resource)
+        if not ready():
+            return not_ready(worker)
+        key = Rules.key(policy, user, resource)
+        if not accepts(key):
+            decision(policy.name, "overloaded")
+            return overloaded()
+        tick += 1
+        if tick % DECISION_SAMPLE:
+            answer = decide(key, policy.rule, clock(), capped=capped)
+        else:
+            started = perf_counter()
+            answer = decide(key, policy.rule, clock(), capped=capped)
+            observe(perf_counter() - started)
+        if answer.allowed:
+            decision(policy.name, "allowed")
+            return decision_response(answer, policy)
+        if policy.shadow:
+            decision(policy.name, "shadow_refused")
+            return decision_response(answer, policy, shadow_refused=True)
+        decision(policy.name, "refused")
+        return decision_response(answer, policy)
+
+    return protect
+
+
+def bucket_view(worker: Worker, table: faust.Table, app: faust.App, user: str, resource: str | None,
+                debug: bool) -> dict:
+    """One bucket in its user's terms; with ``debug``, the CRDT's internals as well."""
+    policy = worker.rules.policy(user, resource)
+    limiter = worker.limiter
+    now = worker.clock()
+    k = Rules.key(policy, user, resource)
+    view = limiter.view(k)
+    rule = policy.rule
+    tokens = crdt.tokens(view, rule, now)
+    ready = worker.ready()
+    out = {
+        "key": k.decode("utf-8", "surrogateescape"),
+        "user": user,
+        "resource": resource,
+        "policy": policy.name,
+        "shadow": policy.shadow,
+        "tokens": tokens,
+        "capacity": _number(rule.capacity),
+        "rate": _number(rule.rate),
+        "seconds_until_full": max(0.0, (rule.capacity - tokens) / rule.rate),
+        # how many worker processes (slots) this bucket was ever spent from
+        "workers_spent": sum(1 for c in view.counters.values() if c),
+        "worker": worker.settings.node_id,
+        "ready": ready,
+        # this worker's recent replication delay (all keys): how stale the view above may be
+        "replication_delay": _summary(list(limiter.delays)),
+    }
+    if debug:
         replica = limiter.replica(k)
         own = limiter.own_state(k)
-        view = limiter.view(k)
-        partition = partition_for(k)
-        ready = tables_ready()
+        partition = worker.partition_for(k)
         actives = app.assignor.assigned_actives() if ready else set()
-        owner = any(tp.partition == partition and tp.topic == buckets.changelog_topic_name for tp in actives)
-        rule = policy.rule
-        return _json(
-            {
-                "key": k.decode("utf-8", "surrogateescape"),
-                "user": user,
-                "resource": resource,
-                "policy": policy.name,
-                "shadow": policy.shadow,
-                "tokens": crdt.tokens(view, rule, now),
-                "capacity": _number(rule.capacity),
-                "rate": _number(rule.rate),
-                "consumed": view.consumed,
-                "counters": {str(n): c for n, c in view.counters.items()},
-                "wasted": view.wasted,
-                "replica_consumed": replica.consumed,
-                "own_unreflected": own is not None and not crdt.leq(own, replica),
-                "partition": partition,
-                "role": "active" if owner else "standby",
-                "worker": settings.node_id,
-                "slot": SLOT,
-                "ready": ready,
-                # this worker's recent replication delay (all keys): how stale the view above may be
-                "replication_delay": _summary(list(limiter.delays)),
-            }
-        )
+        owner = any(tp.partition == partition and tp.topic == table.changelog_topic_name for tp in actives)
+        out.update({
+            "consumed": view.consumed,
+            "counters": {str(n): c for n, c in view.counters.items()},
+            "wasted": view.wasted,
+            "replica_consumed": replica.consumed,
+            "own_unreflected": own is not None and not crdt.leq(own, replica),
+            "partition": partition,
+            "role": "active" if owner else "standby",
+            "slot": worker.slot,
+        })
+    return out
 
 
 def _finite(x: float) -> float | None:
@@ -261,64 +249,104 @@ def _summary(values: list[float]) -> dict:
             "max": max(values) if values else None}
 
 
-@app.page("/stats")
-class Stats(View):
-    """GET /stats: what this worker holds and how far behind its replicas are (JSON)."""
+def register(app: faust.App, worker: Worker, table: faust.Table) -> None:
+    """Add the worker's routes to ``app``'s web server, and JSON answers for every error."""
+    limiter = worker.limiter
+    protect = protector(worker)
 
-    async def get(self, request: Request) -> aioweb.Response:
-        delays = list(limiter.delays)
-        ready = tables_ready()
-        topic = buckets.changelog_topic_name
-        assignor = app.assignor
-        return _json(
-            {
-                "worker": settings.node_id,
-                "slot": SLOT,
-                "ready": ready,
-                "rebalancing": app.rebalancing,
-                "partitions": {
-                    "active": sorted(tp.partition for tp in assignor.assigned_actives() if tp.topic == topic),
-                    "standby": sorted(tp.partition for tp in assignor.assigned_standbys() if tp.topic == topic),
-                },
-                "active_keys": len(buckets) if ready else None,
-                "own_unreflected_keys": limiter.own_keys,
-                "pending_sends": limiter.pending_sends,
-                "live_workers": limiter.live_workers,
-                "burst_cap": {"enabled": BURST_CAP, "default_rule": _finite(limiter.burst_cap(RULES.default.rule))},
-                "cached_keys": limiter.cached_keys,
-                # DEBUG here would mean every log.debug of Faust/aiokafka builds a record (cli.py: no spinner)
-                "root_log_level": logging.getLevelName(logging.getLogger().getEffectiveLevel()),
-                "replication_delay": _summary(delays),
-                "update_lag": _summary(list(limiter.update_lags)),
-                "peer_lag": _summary(list(limiter.peer_lags)),
-                "return_lag": _summary(list(limiter.return_lags)),
-                "changelog_lag": _summary(list(limiter.changelog_lags)),
-                "bulk_recovery": recovery.STATS.as_dict(),
-            }
-        )
+    # POST /protected and /protected/{resource} are plain aiohttp routes on the
+    # worker's own (Faust's) web server, not Faust views: Faust's View dispatch and
+    # its per-request sensors cost more than the decision. Other methods on these
+    # paths get aiohttp's 405 (with Allow), made JSON by _JsonRequestHandler.
+    async def protected(request: aioweb.Request) -> aioweb.Response:
+        """POST /protected: one token from the caller's default bucket, decided locally."""
+        return protect(request, None)
+
+    async def protected_resource(request: aioweb.Request) -> aioweb.Response:
+        """POST /protected/{resource}: one token from the caller's bucket for that resource."""
+        return protect(request, request.match_info["resource"])
+
+    router = app.web.web_app.router
+    router.add_post("/protected", protected)
+    router.add_post("/protected/{resource}", protected_resource)
+
+    @app.page("/buckets/{user}")
+    class BucketView(View):
+        """GET /buckets/{user}[?resource=R][&debug=1]: this worker's view of one bucket, in its
+        user's terms; ``debug=1`` adds the CRDT's internals (operators, tests)."""
+
+        async def get(self, request: Request, user: str) -> aioweb.Response:
+            try:
+                user = check_key(user, "bucket key")
+                resource = check_resource(request.query.get("resource"))
+                debug = request.query.get("debug", "0")
+                if debug not in ("0", "1"):
+                    raise BadRequest(f"debug must be 0 or 1, got {debug!r}")
+                return _json(bucket_view(worker, table, app, user, resource, debug == "1"))
+            except BadRequest as exc:
+                return error(400, str(exc))
+            except UnknownResource:
+                return error(404, f"no rule for resource {resource!r}")
+
+    @app.page("/stats")
+    class Stats(View):
+        """GET /stats: what this worker holds and how far behind its replicas are (JSON)."""
+
+        async def get(self, request: Request) -> aioweb.Response:
+            delays = list(limiter.delays)
+            ready = worker.ready()
+            topic = table.changelog_topic_name
+            assignor = app.assignor
+            return _json(
+                {
+                    "worker": worker.settings.node_id,
+                    "slot": worker.slot,
+                    "ready": ready,
+                    "rebalancing": app.rebalancing,
+                    "partitions": {
+                        "active": sorted(tp.partition for tp in assignor.assigned_actives() if tp.topic == topic),
+                        "standby": sorted(tp.partition for tp in assignor.assigned_standbys() if tp.topic == topic),
+                    },
+                    "active_keys": len(table) if ready else None,
+                    "own_unreflected_keys": limiter.own_keys,
+                    "pending_sends": limiter.pending_sends,
+                    "live_workers": limiter.live_workers,
+                    "burst_cap": {"enabled": worker.burst_cap,
+                                  "default_rule": _finite(limiter.burst_cap(worker.rules.default.rule))},
+                    "cached_keys": limiter.cached_keys,
+                    # DEBUG here would mean every log.debug of Faust/aiokafka builds a record (cli.py: no spinner)
+                    "root_log_level": logging.getLevelName(logging.getLogger().getEffectiveLevel()),
+                    "replication_delay": _summary(delays),
+                    "update_lag": _summary(list(limiter.update_lags)),
+                    "peer_lag": _summary(list(limiter.peer_lags)),
+                    "return_lag": _summary(list(limiter.return_lags)),
+                    "changelog_lag": _summary(list(limiter.changelog_lags)),
+                    "bulk_recovery": worker.bulk_recovery.as_dict(),
+                }
+            )
 
 
-@app.page("/metrics")
-class Metrics(View):
-    """GET /metrics: Prometheus text format."""
+    @app.page("/metrics")
+    class Metrics(View):
+        """GET /metrics: Prometheus text format."""
 
-    async def get(self, request: Request) -> aioweb.Response:
-        body, content_type = metrics.render()
-        return aioweb.Response(body=body, headers={"Content-Type": content_type})
+        async def get(self, request: Request) -> aioweb.Response:
+            body, content_type = metrics.render()
+            return aioweb.Response(body=body, headers={"Content-Type": content_type})
 
+    @app.page("/healthz")
+    class Health(View):
+        async def get(self, request: Request) -> aioweb.Response:
+            return _json({"status": "ok", "worker": worker.settings.node_id})
 
-@app.page("/healthz")
-class Health(View):
-    async def get(self, request: Request) -> aioweb.Response:
-        return _json({"status": "ok", "worker": settings.node_id})
+    @app.page("/readyz")
+    class Ready(View):
+        async def get(self, request: Request) -> aioweb.Response:
+            if not worker.ready():
+                return not_ready(worker)
+            return _json({"status": "ready", "worker": worker.settings.node_id})
 
-
-@app.page("/readyz")
-class Ready(View):
-    async def get(self, request: Request) -> aioweb.Response:
-        if not tables_ready():
-            return not_ready()
-        return _json({"status": "ready", "worker": settings.node_id})
+    patches.serve_with_handler(app, _JsonRequestHandler)
 
 
 _PARSER_HEADER = re.compile(r"b'([!#$%&*+.^_`|~0-9A-Za-z-]+):")
@@ -353,7 +381,10 @@ class _JsonRequestHandler(RequestHandler):
             text = "internal error"
         else:
             log.debug("refused a malformed request: %s", message or exc)
-            reason = HTTPStatus(status).phrase.lower() if status in HTTPStatus._value2member_map_ else "error"
+            try:
+                reason = HTTPStatus(status).phrase.lower()
+            except ValueError:
+                reason = "error"
             text = reason
             detail = (message or (str(exc) if exc is not None else "")).strip()
             if detail:
@@ -365,21 +396,3 @@ class _JsonRequestHandler(RequestHandler):
         resp = error(status, text)
         resp.force_close()
         return resp
-
-
-class _JsonServer(aioweb.Server):
-    def __call__(self) -> RequestHandler:
-        return _JsonRequestHandler(self, loop=self._loop, **self._kwargs)
-
-
-class _JsonAppRunner(aioweb.AppRunner):
-    """Faust's runner for its aiohttp app, with JSON error answers (only this server)."""
-
-    async def _make_server(self) -> aioweb.Server:
-        server = await super()._make_server()
-        server.__class__ = _JsonServer
-        return server
-
-
-# Faust starts its web server through this runner (faust/web/drivers/aiohttp.py)
-app.web._runner = _JsonAppRunner(app.web.web_app, access_log=None)

@@ -149,7 +149,8 @@ class Worker:
         return status, headers, json.loads(body) if body else None
 
     def bucket(self, key: str) -> dict:
-        status, _, body = self.request("GET", f"/buckets/{key}")
+        """GET /buckets/{key} with the CRDT's internals (``debug=1``)."""
+        status, _, body = self.request("GET", f"/buckets/{key}{'&' if '?' in key else '?'}debug=1")
         assert status == 200, body
         return json.loads(body)
 

@@ -6,6 +6,8 @@ else goes through a real worker on the real broker.
 
 from __future__ import annotations
 
+import json
+
 import http.client
 import subprocess
 import sys
@@ -222,8 +224,25 @@ def test_resources_and_tiers_have_their_own_buckets(worker):
     assert status == 200 and body["limit"] == 50 and body["policy"] == "gold/search"
     assert headers["RateLimit-Policy"].startswith('"gold/search";q=50;')
     assert worker.bucket("dave")["consumed"] == 1
-    status, _, body = worker.request("GET", "/buckets/dave?resource=search")
-    assert status == 200 and b'"consumed": 5' in body
+    assert worker.bucket("dave?resource=search")["consumed"] == 5
+
+
+@pytest.mark.broker
+def test_a_bucket_is_shown_in_its_users_terms_and_the_crdt_only_with_debug(worker):
+    for _ in range(2):
+        worker.protected("erin")
+    status, _, body = worker.request("GET", "/buckets/erin")
+    view = json.loads(body)
+    assert status == 200
+    assert {"tokens", "capacity", "rate", "seconds_until_full", "workers_spent", "replication_delay"} <= set(view)
+    assert not {"counters", "wasted", "consumed", "slot", "replica_consumed"} & set(view), view
+    assert view["capacity"] == 3 and view["rate"] == 0.01 and view["workers_spent"] == 1
+    # 2 of 3 spent, refill 0.01/s: about a token now, full in about 200 s
+    assert 1 <= view["tokens"] < 1.1 and 190 < view["seconds_until_full"] <= 200
+    debug = worker.bucket("erin")  # ?debug=1
+    assert debug["consumed"] == 2 and sum(debug["counters"].values()) == 2
+    status, _, body = worker.request("GET", "/buckets/erin?debug=yes")
+    assert status == 400 and "debug" in json.loads(body)["error"]
 
 
 @pytest.mark.broker

@@ -1,0 +1,162 @@
+"""The Worker: what one worker process holds, built from Settings and a clock; it makes no I/O of its own.
+
+Its slot (CRDT node id), rules, limiter, readiness and recovery stats. The
+table, agents and web routes (``tables``, ``agents``, ``web``) are registered
+on a Faust app *for* a worker and reach its state only through it; ``app``
+builds the worker and the app from settings. The worker reads the table
+through ``read_stored`` and asks whether Faust's recovery is done through
+``tables_recovered``, both set by ``tables.register``.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import secrets
+import time
+from collections.abc import Callable
+
+from aiokafka.partitioner import murmur2
+
+from bucketstream import crdt, metrics
+from bucketstream.local import BOTTOM, Limiter
+from bucketstream.recovery import BulkStats
+from bucketstream.rules import Rules
+from bucketstream.settings import Settings
+
+
+class Worker:
+    """One worker process's state: what its requests, agents and timers share."""
+
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time, slot: int | None = None) -> None:
+        self.settings = settings
+        self.clock = clock
+        #: This process's CRDT slot: fresh at every start, so a restarted worker never
+        #: counts from zero against the counter it had before (docs/design.md, node identity).
+        self.slot = secrets.randbits(63) if slot is None else slot
+        #: The rules every decision resolves against (validated here, at start-up).
+        self.rules = Rules.from_settings(settings.capacity, settings.rate, settings.limits)
+        self.burst_cap = settings.burst_cap
+        self.limiter = Limiter(self.slot, self._read, cache_size=settings.cache_keys,
+                               max_unconfirmed=settings.max_unconfirmed_keys,
+                               on_delay=metrics.REPLICATION_DELAY.observe, on_learned=self._carry_forward)
+        self.bulk_recovery = BulkStats()
+        #: The table's stored value of a key (tables.register sets it).
+        self.read_stored: Callable[[bytes], bytes | None] = lambda key: None
+        #: Whether Faust has recovered this worker's active and standby partitions (tables.register).
+        self.tables_recovered: Callable[[], bool] = lambda: False
+        self.partition_for = functools.lru_cache(maxsize=1 << 16)(self._partition)
+        self._ready = False
+        self.peer_feed_ready = False
+        self.stopping = False
+        metrics.KEYS.labels("own_unreflected").set_function(lambda: self.limiter.own_keys)
+        metrics.KEYS.labels("cached").set_function(lambda: self.limiter.cached_keys)
+
+    # -- keys and expiry ---------------------------------------------------------------------
+    def _partition(self, key: bytes) -> int:
+        """Kafka's default partitioner, as the producer and the table use it (``partition_for``).
+
+        Cached (65,536 keys): a new key is hashed on its first read and again when
+        it is published a flush later, and aiokafka's murmur2 is pure Python (10 %
+        of a worker's CPU at unique-user load in the bench profile).
+        """
+        return (murmur2(key) & 0x7FFFFFFF) % self.settings.partitions
+
+    def expire_horizon(self, rule: crdt.Rule) -> float:
+        """How long a bucket must have been full before it may be deleted (≥ C/r)."""
+        return max(self.settings.expire_after, rule.capacity / rule.rate)
+
+    def is_stale(self, key: bytes, state: crdt.BucketState, now: float) -> bool:
+        """A state that has been full for longer than the expiry horizon.
+
+        It cannot change any answer on its own (it evaluates to a full bucket), but
+        joined with a bucket re-created after an expiry it would count consumption
+        that the expiry already forgave (see the caveat in ``crdt``). So it is
+        dropped, by the agent and by the peer feed alike. A key of a rule version
+        this worker does not know is never called stale (it cannot be evaluated).
+        """
+        policy = self.rules.policy_for_key(key)
+        return policy is not None and crdt.is_full(state, policy.rule, now - self.expire_horizon(policy.rule))
+
+    # -- the replica read behind the limiter's cache -----------------------------------------
+    def _read(self, key: bytes) -> bytes | None:
+        """The replica read behind the limiter's cache (only on a cache miss).
+
+        A key that is absent but whose rule has a recorded previous version starts
+        from the level of the same bucket under that version (``crdt.carry_over``),
+        so a rule change never hands out a fresh burst. The previous version's
+        bucket is read through the limiter (this worker's whole view of it, peers'
+        unmerged spending included; a chain of changes carries over step by step).
+        Once the previous version was replaced longer ago than its buckets take to
+        expire, there is nothing left to carry and no extra read is made.
+        """
+        raw = self.read_stored(key)
+        if raw is not None:
+            return raw
+        found = self.rules.predecessor(key)
+        if found is None:
+            return None
+        old_key, old_policy, policy, replaced = found
+        now = self.clock()
+        if now - replaced > self.expire_horizon(old_policy.rule):
+            return None
+        old = self.limiter.view(old_key)
+        if old == BOTTOM:
+            return None
+        carried = crdt.carry_over(old, old_policy.rule, policy.rule, now)
+        return None if carried == BOTTOM else crdt.encode(carried)
+
+    def _carry_forward(self, key: bytes, now: float) -> None:
+        """``key``'s view grew; if it is a bucket of a rule's previous version whose
+        successor this worker has already read (and carried over, in ``_read``), join
+        the carry-over of what it knows now into the successor: a worker that carried
+        a bucket over before the old bucket's last spending reached it does not keep
+        the fuller level. Sound because a carry-over is a W-only state: more
+        spending known makes a larger W, and the join keeps the larger."""
+        found = self.rules.successor(key)
+        if found is None:
+            return
+        new_key, old_policy, policy = found
+        if not self.limiter.is_cached(new_key):
+            return  # read later through _read, which carries over then
+        carried = crdt.carry_over(self.limiter.view(key), old_policy.rule, policy.rule, now)
+        if carried != BOTTOM:
+            self.limiter.on_peer_state(new_key, carried, now)
+
+    # -- readiness ---------------------------------------------------------------------------
+    def ready(self) -> bool:
+        """True once this worker's replicas (active and standby) have been recovered
+        and it has read the recent update topic (deltas the table may not have yet).
+
+        Latched: a later rebalance does not take a worker out of service; its
+        RocksDB replicas stay on disk and keep answering while partitions move.
+        """
+        if not self._ready and not self.stopping and self.peer_feed_ready and self.tables_recovered():
+            self._ready = True
+            _settle_heap()
+            metrics.READY.set(1)
+        return self._ready
+
+    def mark_peer_feed_ready(self) -> None:
+        """The update-topic reader has caught up with what was there when it started."""
+        self.peer_feed_ready = True
+
+    def mark_stopping(self) -> None:
+        """The worker is stopping: from now on it admits nothing (503, like a worker that is
+        not ready yet), so the last publish it is about to make holds every admission."""
+        self.stopping = True
+        self._ready = False
+        metrics.READY.set(0)
+
+
+def _settle_heap() -> None:
+    """Take what is alive when the worker becomes ready out of the collector's full passes.
+
+    Faust, aiokafka, aiohttp and their modules are some hundred thousand objects
+    that live as long as the process; every full (generation 2) collection
+    walked them all: 30-130 ms pauses every second or two under load, which
+    were most of the replication delay's p99. Frozen, a full collection only
+    walks what was allocated since.
+    """
+    gc.collect()
+    gc.freeze()
