@@ -14,7 +14,7 @@
 # does that for three nodes on 127.0.0.1.
 #
 # Settings (environment):
-#   KAFKA_VERSION          3.9.1 (see deploy/kafka/README section in README.md)
+#   KAFKA_VERSION          3.9.1 (see "Kafka locally" in docs/maintaining.md)
 #   KAFKA_PORT             9092  client listener on 127.0.0.1
 #   KAFKA_CONTROLLER_PORT  KAFKA_PORT+1
 #   KAFKA_NODE_ID          1
