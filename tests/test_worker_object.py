@@ -1,0 +1,73 @@
+"""The Worker built from Settings and a fake clock, and its request path, with no Faust app and no Kafka."""
+
+from __future__ import annotations
+
+import json
+
+from multidict import CIMultiDict
+
+from bucketstream import crdt
+from bucketstream.settings import Settings
+from bucketstream.web import protector
+from bucketstream.worker import Worker
+
+
+class Clock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Request:
+    """What ``protect`` reads of an aiohttp request: its headers."""
+
+    def __init__(self, user: str) -> None:
+        self.headers = CIMultiDict([("X-User-ID", user)])
+
+
+def ready_worker(clock: Clock, **settings) -> Worker:
+    w = Worker(Settings(**settings), clock=clock, slot=7)
+    w.tables_recovered = lambda: True
+    w.mark_peer_feed_ready()
+    return w
+
+
+def status(answer) -> tuple[int, dict]:
+    return answer.status, json.loads(answer.body)
+
+
+def test_the_request_path_refills_by_the_workers_clock_not_the_wall_clock():
+    clock = Clock()
+    protect = protector(ready_worker(clock, capacity=2, rate=0.5))
+    assert [status(protect(Request("u"), None))[0] for _ in range(3)] == [200, 200, 429]
+    clock.now += 1.9  # not yet a whole token back (0.5/s)
+    code, body = status(protect(Request("u"), None))
+    assert code == 429 and body["retry_after"] == 1
+    clock.now += 0.1
+    assert status(protect(Request("u"), None))[0] == 200
+
+
+def test_a_worker_answers_503_until_ready_and_while_stopping():
+    clock = Clock()
+    w = Worker(Settings(), clock=clock)
+    protect = protector(w)
+    assert status(protect(Request("u"), None)) == (503, {"error": "tables are recovering; try again shortly"})
+    w.tables_recovered = lambda: True
+    assert status(protect(Request("u"), None))[0] == 503  # the peer feed has not caught up
+    w.mark_peer_feed_ready()
+    assert status(protect(Request("u"), None))[0] == 200
+    w.mark_stopping()
+    assert status(protect(Request("u"), None)) == (503, {"error": "this worker is stopping; try another one"})
+
+
+def test_expiry_follows_the_workers_clock_and_horizon():
+    clock = Clock()
+    w = ready_worker(clock, capacity=10, rate=1, expire_after=60)
+    policy = w.rules.policy("u", None)
+    key = w.rules.key(policy, "u", None)
+    _, state = crdt.try_consume(crdt.BucketState(), policy.rule, w.slot, clock.now)
+    assert w.expire_horizon(policy.rule) == 60
+    assert not w.is_stale(key, state, clock.now + 60)  # full again after 1 s, but not 60 s ago
+    assert w.is_stale(key, state, clock.now + 62)
