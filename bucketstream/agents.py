@@ -85,6 +85,7 @@ class TableWrites:
 
 
 def apply_expire(worker: Worker, key: bytes, now: float, partition: int, writes: TableWrites) -> str:
+    """An expiry request: delete ``key`` if its bucket is still full and idle (or of no current rule)."""
     current_raw = writes.read(partition, key)
     if current_raw is None:
         return "absent"
@@ -256,6 +257,11 @@ class Agents:
         )
         self._admin: AIOKafkaAdminClient | None = None
         self._flush_task: asyncio.Task | None = None
+        self._publisher: AIOKafkaProducer | None = None  # the flusher's, while it runs
+        #: key -> when the sweep asked to expire it: not asked again until the agent had
+        #: time to handle it (a lagging agent once got every stale key again each sweep,
+        #: which lagged it further); bounded by the table's keys, pruned every sweep
+        self._expiry_asked: dict[bytes, float] = {}
 
     def _producer(self, role: str) -> AIOKafkaProducer:
         """A dedicated producer: ``acks=all``, sends at once, gives up a batch after PUBLISH_TIMEOUT_MS."""
@@ -353,11 +359,13 @@ class Agents:
         topic = self.updates.get_topic_name()
         producer = self._producer("publisher")
         await producer.start()
+        self._publisher = producer
         try:
             while True:
                 await asyncio.sleep(self.settings.flush_interval)
                 await self._publish(producer, topic)
         finally:
+            self._publisher = None
             # stopping (SIGTERM, a rolling restart): what was admitted since the last
             # flush goes out too, and stop() waits for Kafka to have every batch
             failure: BaseException | None = None
@@ -481,11 +489,20 @@ class Agents:
         self.limiter.resend_stale(self.worker.clock())
 
     async def expire_idle(self) -> None:
-        """Ask the owner to delete buckets of our active partitions that are full and idle."""
+        """Ask the owner to delete buckets of our active partitions that are full and idle.
+
+        The requests go out as the flusher's updates do, one record batch per
+        partition, and a key asked for is not asked again for three sweeps.
+        """
         now = self.worker.clock()
-        rules, worker = self.worker.rules, self.worker
+        rules, worker, asked = self.worker.rules, self.worker, self._expiry_asked
+        retry = 3 * self.settings.expire_check_interval
+        for key in [k for k, when in asked.items() if now - when > retry]:
+            del asked[key]
         stale = []
         for i, (key, raw) in enumerate(self.table.items()):
+            if key in asked:
+                continue
             try:
                 if rules.policy_for_key(key) is None or worker.is_stale(key, crdt.decode(raw), now):
                     stale.append(key)
@@ -493,10 +510,15 @@ class Agents:
                 pass  # garbage: the agent logs it when it meets it
             if i % 1000 == 999:
                 await asyncio.sleep(0)
+        producer = self._publisher
+        if not stale or producer is None:
+            return
         for key in stale:
-            await self.updates.send(key=key, value=EXPIRE)
-        if stale:
-            log.info("asked to expire %d idle buckets", len(stale))
+            asked[key] = now
+        topic = self.updates.get_topic_name()
+        await asyncio.gather(*(_send_until_taken(producer, topic, p, records)
+                               for p, records in self._by_partition((k, EXPIRE) for k in stale).items()))
+        log.info("asked to expire %d idle buckets", len(stale))
 
     async def count_workers(self) -> None:
         await self.refresh_worker_count()
