@@ -36,12 +36,28 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from tests.cluster import ROOT, Broker, WorkerPool, wait_until
-from tests.test_distributed import Load
+from tests.helpers import Load
 
 CLUSTER_SH = ROOT / "deploy" / "kafka" / "cluster.sh"
 NODES = 3
 HEAP = os.environ.get("BUCKETSTREAM_TEST_KAFKA_HEAP", "384m")
 CLUSTER_ID = "bUcKeTsTrEaMtEsTcLuStR"
+#: cluster.sh's default KAFKA_PROPERTIES: a dead node is fenced after 3 s (Kafka's default: 9 s).
+CLUSTER_SH_PROPERTIES = "broker.session.timeout.ms=3000 broker.heartbeat.interval.ms=500"
+#: A killed active KRaft controller: the others notice after controller.quorum.fetch.timeout.ms
+#: (2 s) and elect a new one within controller.quorum.election.timeout.ms (1 s); Kafka's defaults.
+CONTROLLER_FAILOVER = 3.0
+
+
+def broker_session_timeout() -> float:
+    """Seconds after which the controller fences a node that stopped heartbeating: what
+    cluster.sh configures (KAFKA_PROPERTIES, as these tests pass it on), else Kafka's 9 s."""
+    properties = os.environ.get("KAFKA_PROPERTIES", CLUSTER_SH_PROPERTIES)
+    for pair in properties.split():
+        name, _, value = pair.partition("=")
+        if name == "broker.session.timeout.ms":
+            return int(value) / 1000
+    return 9.0
 
 
 def _bindable(port: int) -> bool:

@@ -202,7 +202,7 @@ def test_inspect_shows_a_bucket_as_the_worker_sees_it(pool):
     url = f"http://127.0.0.1:{w.port}"
     for user, path in [("dave", "/protected"), ("dave", "/protected"), ("eu/42", "/protected/search")]:
         assert w.protected(user, path)[0] == 200
-    wait_until(lambda: w.bucket("dave")["replica_consumed"] == 2, 20, 0.05, "the table shows dave's 2 tokens")
+    wait_until(lambda: w.bucket("dave")["replica_consumed"] == 2, 20, 0.05, "the replica shows dave's 2 tokens")
 
     proc = cli("inspect", "dave", "--worker", url)
     assert proc.returncode == 0, proc.stderr

@@ -4,10 +4,13 @@ scaled up and down, a broker killed, all during paced load.
 The cluster (tests/cluster_fixtures.py) is three KRaft nodes, broker and
 controller each, started by deploy/kafka/cluster.sh; the app's topics have
 replication factor 3 and min.insync.replicas 2. Load and the accuracy bound are
-those of test_distributed.py:
+those of test_distributed.py (tests/helpers.py):
     admitted(0, t] <= C + R*t + (N-1)*(C + R*d),   admitted >= 0.95 * (C + R*t)
-with N the most workers alive at once and d the p99 replication delay the
-workers measured.
+with N the most workers alive at once and d stated by each test: the 100 ms
+target plus a flush interval, plus what the test's fault is known to add (a
+killed broker: the brokers' fencing timeout and a controller election), never
+the delay the workers under test measured. "The table counts every 200" is read
+from the table's changelog topic in Kafka.
 """
 
 from __future__ import annotations
@@ -20,10 +23,16 @@ import time
 import pytest
 
 from tests.cluster import Worker, wait_until
-from tests.cluster_fixtures import DynamicLoad, kafka_cluster, pool  # noqa: F401  (fixtures)
-from tests.test_distributed import C, R, check_bound, measured_delay, table_consumed
+from tests.cluster_fixtures import CONTROLLER_FAILOVER, DynamicLoad, broker_session_timeout
+from tests.cluster_fixtures import kafka_cluster, pool  # noqa: F401  (fixtures)
+from tests.helpers import (C, R, bound, bucket_key, check_bound, check_upper_bound, flush_interval_of,
+                           measured_delay, stated_delay, table_consumed)
 
 pytestmark = pytest.mark.broker
+
+#: After a broker is fenced or a new partition leader elected, how long producers and the
+#: peer feed may take to find the new leader (a metadata refresh, a reconnect).
+CLIENT_FAILOVER = 1.0
 
 
 def views_agree(workers: list[Worker], key: str):
@@ -31,13 +40,6 @@ def views_agree(workers: list[Worker], key: str):
     views = [w.bucket(key) for w in workers]
     states = {(json.dumps(v["counters"], sort_keys=True), v["wasted"]) for v in views}
     return len(states) == 1 and all(not v["own_unreflected"] for v in views) and views
-
-
-def check_upper_bound(result, n: int, d: float) -> None:
-    """check_bound without the floor: every prefix (0, t] of the admissions stays under the bound."""
-    for k, t in enumerate(result.admit_times, start=1):
-        bound = C + R * t + (n - 1) * (C + R * d)
-        assert k <= bound, f"{k} admitted by t={t:.2f}s, bound {bound:.1f} (d={d * 1000:.0f} ms)"
 
 
 def per_second(result) -> list[int]:
@@ -57,8 +59,8 @@ def report(name: str, load: DynamicLoad, n: int, d: float, **extra) -> None:
     extra["per_second"] = per_second(r)
     more = "".join(f", {k} {v}" for k, v in extra.items())
     print(f"\n{name}: admitted {r.admitted} of {r.admitted + r.refused + r.errors} over {r.duration:.1f}s, "
-          f"ideal {ideal:.0f} (ratio {r.admitted / ideal:.3f}), bound {C + R * r.duration + (n - 1) * (C + R * d):.0f} "
-          f"(N={n}, d={d * 1000:.0f} ms), errors {r.errors}{more}")
+          f"ideal {ideal:.0f} (ratio {r.admitted / ideal:.3f}), bound {bound(r.duration, n, d):.0f} "
+          f"(N={n}, stated d={d * 1000:.0f} ms), errors {r.errors}{more}")
 
 
 def test_the_app_topics_are_replicated_three_times_with_min_isr_two(pool, kafka_cluster):
@@ -93,7 +95,7 @@ def test_a_worker_frozen_for_15s_catches_up_and_agrees_within_1s(pool):
         views = wait_until(lambda: views_agree(workers, key), 30, 0.02, "the resumed worker agrees")
         caught_up = time.monotonic() - resumed
     first = load.result
-    assert views[0]["consumed"] == first.admitted, "the merged state counts every 200"
+    assert views[0]["consumed"] == first.admitted, "every worker's view counts every 200"
 
     # then it serves again, through the rebalance its return starts
     with DynamicLoad(workers, key, rate=10 * R, duration=8) as load2:
@@ -102,8 +104,12 @@ def test_a_worker_frozen_for_15s_catches_up_and_agrees_within_1s(pool):
     stop = time.monotonic()
     views = wait_until(lambda: views_agree(workers, key), 10, 0.02, "all agree after the second run")
     converged = time.monotonic() - stop
-    d = max(load.delay_p99, load2.delay_p99, measured_delay(workers)[1])
-    report("frozen 15 s", load, 3, d, agreed_after_sigcont_s=round(caught_up, 3), by_worker=first.by_worker)
+    # a frozen worker is no fault of the replication path: the frozen one gets no requests,
+    # and the peer feed of the others does not go through it
+    d = stated_delay(flush_interval_of(pool))
+    measured_ms = round(max(load.delay_p99, load2.delay_p99, measured_delay(workers)[1]) * 1000)
+    report("frozen 15 s", load, 3, d, agreed_after_sigcont_s=round(caught_up, 3), by_worker=first.by_worker,
+           measured_p99_ms=measured_ms)
     report("after SIGCONT", load2, 3, d, converged_s=round(converged, 3), by_worker=result.by_worker)
     assert not load.failures and not load2.failures, (load.failures, load2.failures)
     assert result.by_worker.get(frozen.port, 0) > 0, "the resumed worker admits again"
@@ -113,10 +119,11 @@ def test_a_worker_frozen_for_15s_catches_up_and_agrees_within_1s(pool):
     check_bound(first, 3, d)  # the run that had the frozen worker (the second starts with debt)
 
 
-def test_workers_scaled_2_to_4_to_2_under_load(pool):
+def test_workers_scaled_2_to_4_to_2_under_load(pool, kafka_cluster):
     """Two workers, two more join, the two new ones leave again, while a hot key is
     hammered at 10x its rate: every rebalance settles, every live ready worker
-    answers every request, and the bound (N = 4) holds over the whole run."""
+    answers every request, the bound (N = 4) holds over the whole run, and the table
+    (its changelog in Kafka) counts every 200."""
     first = pool.start(2, capacity=C, rate=R)
     key = "scaled"
     steps: dict[str, float] = {}
@@ -144,12 +151,14 @@ def test_workers_scaled_2_to_4_to_2_under_load(pool):
         load.finish()
     d_seen = max(d_seen, load.delay_p99, measured_delay(first)[1])
     result = load.result
-    report("scale 2->4->2", load, 4, d_seen, **steps, by_worker=result.by_worker)
+    d = stated_delay(flush_interval_of(pool))  # workers joining and leaving: no fault of Kafka's
+    report("scale 2->4->2", load, 4, d, **steps, by_worker=result.by_worker, measured_p99_ms=round(d_seen * 1000))
     assert not load.failures, f"non-200/429 answers (seconds, port, status): {load.failures}"
     assert all(result.by_worker.get(w.port, 0) > 0 for w in first + added), result.by_worker
-    check_bound(result, 4, d_seen)
-    wait_until(lambda: table_consumed(first, key) == {result.admitted}, 30, 0.05,
-               "the table counts every 200 the clients got")
+    check_bound(result, 4, d)
+    table_key = bucket_key(first[0], key)
+    wait_until(lambda: table_consumed(kafka_cluster, pool.app_id, table_key) == result.admitted, 30, 0.2,
+               "the table (its changelog in Kafka) counts every 200 the clients got")
 
 
 def test_a_broker_killed_during_load_loses_nothing(pool, kafka_cluster):
@@ -180,9 +189,10 @@ def test_a_broker_killed_during_load_loses_nothing(pool, kafka_cluster):
         restarted_in = time.monotonic() - t0
     result = load.result
     stop = time.monotonic()
+    table_key = bucket_key(workers[0], key)
     try:
-        wait_until(lambda: table_consumed(workers, key) == {result.admitted}, 60, 0.1,
-                   "the table counts every 200 the clients got")
+        wait_until(lambda: table_consumed(kafka_cluster, pool.app_id, table_key) == result.admitted, 60, 0.2,
+                   "the table (its changelog in Kafka) counts every 200 the clients got")
     except TimeoutError:
         print(kafka_cluster.log_tails())
         raise
@@ -190,10 +200,17 @@ def test_a_broker_killed_during_load_loses_nothing(pool, kafka_cluster):
     names = [updates, f"{pool.app_id}-buckets-changelog"]
     wait_until(lambda: all(len(p["isr"]) == 3 for t in kafka_cluster.topics(names).values() for p in t.values()),
                60, 0.5, "every partition back to 3 in-sync replicas")
-    d = max(load.delay_p99, measured_delay(workers)[1])
+    # d of this fault: until the dead node is fenced (and leaves every ISR, and its partitions get
+    # new leaders) no acks=all write is taken and no high watermark moves, so nobody sees anybody's
+    # spending; then the clients find the new leaders. A killed active controller is replaced first.
+    fault = broker_session_timeout() + CLIENT_FAILOVER
+    if victim_id == roles["controller"]:
+        fault += CONTROLLER_FAILOVER
+    d = stated_delay(flush_interval_of(pool), fault=fault)
+    measured_ms = round(max(load.delay_p99, measured_delay(workers)[1]) * 1000)
     report("broker kill -9", load, 3, d, killed_node=victim_id, roles=killed_roles,
            killed_at_s=round(killed_at, 1), restart_s=round(restarted_in, 1), table_counts_all_after_s=round(counted, 2),
-           by_worker=result.by_worker)
+           by_worker=result.by_worker, measured_p99_ms=measured_ms)
     assert not load.failures, f"non-200/429 answers (seconds, port, status): {load.failures}"
     # the upper bound only: the issue asks for no loss here, not for the 95 % floor
     # (while Kafka's high watermark stands still nobody sees anybody's spending)

@@ -49,6 +49,7 @@ from bucketstream.crdt import (
     try_consume,
 )
 from bucketstream.crdt import _decode_strict, _decode_well_formed, _ticks
+from tests.helpers import Counts, NodeIds, States
 
 BOTTOM = BucketState()
 US = 1_000_000
@@ -63,12 +64,7 @@ def at(ticks: int) -> float:
 
 # -- strategies ------------------------------------------------------------------
 
-#: A few fixed ids so that histories and joins often share nodes, and the whole 63-bit range.
-NodeIds = st.one_of(st.sampled_from([0, 1, 7, 2**62 + 3, MAX_NODE - 1]), st.integers(0, MAX_NODE - 1))
-Counts = st.integers(0, 10**12)
-Wasteds = st.integers(0, 10**30)
-#: Any lattice element (not necessarily reachable): for the algebra and the codec.
-States = st.builds(BucketState, counters=st.dictionaries(NodeIds, Counts, max_size=6), wasted=Wasteds)
+# NodeIds, Counts, Wasteds and States (any lattice element) are shared with test_spill.py: tests/helpers.py
 Ticks = st.integers(0, 10**13)  # up to ~116 days after the epoch
 
 #: Rules with exact values of every kind the core accepts: ints, floats, fractions.

@@ -6,17 +6,33 @@ from bucketstream.local import Limiter
 
 def test_unconfirmed_states_are_resent_with_backoff_not_every_tick():
     """A backlog (nothing confirmed for a minute) must not be multiplied by resends:
-    the first bench run sent 9 update records per request this way."""
+    the first bench run sent 9 update records per request this way.
+
+    The rule (``Limiter.resend_stale``): a flushed state not yet seen back is marked
+    again once more than ``wait`` seconds passed since its first admission, later
+    since its last resend; ``wait`` starts at ``resend_after`` and doubles (at most
+    600 s). Admitted at 100 s, resend_after 2 s, the timer ticking at 101 ... 160 s:
+    after 102 (wait 2) -> 103, after 103 + 4 -> 108, after 108 + 8 -> 117,
+    after 117 + 16 -> 134, after 134 + 32 = 166 -> not within the minute.
+    (Strictly after: at 102 s exactly 2 s have passed, which is not more than 2.)
+    So each of the 100 keys goes out again 4 times, at exactly those ticks: 400 records.
+    """
     rule = Rule(1000, 1000)
     limiter = Limiter(1, lambda key: None, resend_after=2.0)
-    for i in range(100):
-        limiter.decide(f"k{i}".encode(), rule, 100.0)
+    keys = sorted(f"k{i}".encode() for i in range(100))
+    for key in keys:
+        limiter.decide(key, rule, 100.0)
     assert len(limiter.take_dirty()) == 100
-    resent = 0
+    resent_at: dict[int, list[bytes]] = {}
     for t in range(101, 161):  # the resend timer ticks once a second
-        limiter.resend_stale(float(t))
-        resent += len(limiter.take_dirty())
-    assert 100 <= resent <= 600  # resent at all (a lost send recovers), but at most ~6 times a key
+        marked = limiter.resend_stale(float(t))
+        dirty = sorted(key for key, _ in limiter.take_dirty())
+        assert marked == len(dirty), t
+        if dirty:
+            resent_at[t] = dirty
+    assert list(resent_at) == [103, 108, 117, 134]  # the ticks with resends
+    assert all(resent == keys for resent in resent_at.values())  # every key, each time
+    assert sum(len(resent) for resent in resent_at.values()) == 400
 
 
 def test_a_confirmed_state_is_not_resent():

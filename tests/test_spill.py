@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from bucketstream import spill
 from bucketstream.crdt import decode, encode, join
-from tests.test_crdt import States
+from tests.helpers import States
 
 Keys = st.binary(min_size=1, max_size=300)
 Spills = st.dictionaries(Keys, States.map(encode), max_size=8)

@@ -2,52 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 import time
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from bucketstream import crdt, spill
 from tests.cluster import wait_until
+from tests.helpers import bucket_key, changelog_topic, read_topic, table_consumed
 
 pytestmark = pytest.mark.broker
-
-
-def read_changelog(broker, topic: str, timeout: float = 10.0) -> dict[bytes, bytes | None]:
-    """Every key's latest value in a topic, read straight from Kafka."""
-
-    async def run():
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest",
-                                    enable_auto_commit=False, group_id=None)
-        await consumer.start()
-        latest: dict[bytes, bytes | None] = {}
-        try:
-            end = await consumer.end_offsets(list(consumer.assignment()) or await _wait_assignment(consumer))
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + timeout
-            while loop.time() < deadline:
-                batch = await consumer.getmany(timeout_ms=200)
-                for records in batch.values():
-                    for r in records:
-                        latest[r.key] = r.value
-                positions = [await consumer.position(tp) for tp in end]
-                if all(pos >= off for pos, off in zip(positions, end.values())):
-                    break
-        finally:
-            await consumer.stop()
-        return latest
-
-    async def _wait_assignment(consumer):
-        for _ in range(100):
-            if consumer.assignment():
-                return list(consumer.assignment())
-            await asyncio.sleep(0.05)
-        raise TimeoutError("no assignment")
-
-    return asyncio.run(run())
 
 
 def test_ten_requests_pass_then_429(pool):
@@ -68,13 +33,13 @@ def test_consumption_reaches_the_table_through_the_update_topic(pool, broker):
     key = w.bucket("bob")["key"].encode()  # <rule version>||bob
 
     def flushed_four():
-        value = read_changelog(broker, f"{pool.app_id}-updates").get(key)
+        value = read_topic(broker, f"{pool.app_id}-updates").get(key)
         return value is not None and crdt.decode(value).consumed == 4
 
     wait_until(flushed_four, 10, 0.1, "the update topic holds bob's state with 4 consumed")
 
     def table_has_four():
-        value = read_changelog(broker, f"{pool.app_id}-buckets-changelog").get(key)
+        value = read_topic(broker, changelog_topic(pool.app_id)).get(key)
         return value is not None and crdt.decode(value).consumed == 4
 
     wait_until(table_has_four, 20, 0.2, "changelog shows 4 tokens consumed by bob")
@@ -131,7 +96,9 @@ def test_a_worker_stopped_while_kafka_is_away_keeps_its_admissions_for_the_next_
     assert not path.exists(), "published, so deleted"
     bucket = w.bucket("offline")
     assert bucket["consumed"] == 25, bucket  # in the view before it served
-    wait_until(lambda: w.bucket("offline")["replica_consumed"] == 25, 20, 0.05, "the table merged them")
+    key = bucket_key(w, "offline")
+    wait_until(lambda: table_consumed(broker, pool.app_id, key) == 25, 20, 0.2,
+               "the table (its changelog in Kafka) merged them")
     assert [w.protected("offline")[0] for _ in range(16)] == [200] * 15 + [429]
 
 
