@@ -330,13 +330,17 @@ class Agents:
             await self.publish_spilled()  # before the end offsets below: the view reads them back before serving
             tps = [TopicPartition(updates_topic(settings), p) for p in range(settings.partitions)]
             consumer.assign(tps)
+            await self.refresh_worker_count()  # the burst cap needs the count before the first request
             since = int((clock() - PEER_LOOKBACK) * 1000)
             starts = await consumer.offsets_for_times({tp: since for tp in tps})
             ends = await consumer.end_offsets(tps)
+            merged = await self.merged_up_to()
             for tp in tps:
                 start = starts.get(tp)
-                consumer.seek(tp, start.offset if start is not None else ends[tp])
-            await self.refresh_worker_count()  # the burst cap needs the count before the first request
+                offset = start.offset if start is not None else ends[tp]
+                # from where the table stops, however long ago: a ready worker's view then
+                # holds every update the table lacks, not only the last PEER_LOOKBACK seconds
+                consumer.seek(tp, min(offset, merged.get(tp, offset)))
             await read_to_end(consumer, tps, take)
             worker.mark_peer_feed_ready()
             while True:
@@ -523,17 +527,33 @@ class Agents:
     async def count_workers(self) -> None:
         await self.refresh_worker_count()
 
+    async def _admin_client(self) -> AIOKafkaAdminClient:
+        if self._admin is None:
+            admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(self.settings), request_timeout_ms=5000)
+            await admin.start()
+            self._admin = admin
+        return self._admin
+
+    async def merged_up_to(self) -> dict[TopicPartition, int]:
+        """The merge agents' committed offsets on the update topic: the table has merged
+        every update before them. Empty when Kafka cannot tell (the time window then rules)."""
+        try:
+            admin = await self._admin_client()
+            offsets = await asyncio.wait_for(admin.list_consumer_group_offsets(self.settings.app_id), 5)
+        except Exception as exc:  # noqa: BLE001 - the peer feed still reads the last PEER_LOOKBACK seconds
+            log.warning("could not read the merge agents' committed offsets: %r", exc)
+            return {}
+        topic = updates_topic(self.settings)
+        return {tp: meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset >= 0}
+
     async def refresh_worker_count(self) -> None:
         """How many workers share the limits (members of the consumer group), for the burst cap.
 
         While Kafka cannot be asked, the last count stays: the cap keeps working.
         """
         try:
-            if self._admin is None:
-                self._admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(self.settings),
-                                                  request_timeout_ms=5000)
-                await self._admin.start()
-            (response,) = await asyncio.wait_for(self._admin.describe_consumer_groups([self.settings.app_id]), 5)
+            admin = await self._admin_client()
+            (response,) = await asyncio.wait_for(admin.describe_consumer_groups([self.settings.app_id]), 5)
             members = len(response.groups[0][5]) if response.groups else 0
             if members:
                 self.limiter.live_workers = members
