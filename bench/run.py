@@ -84,6 +84,7 @@ class Config:
     # offered, as a share of that max: a max-load run measures HTTP with the Kafka work deferred
     # (a backlog); a worker keeps up with unique users at about 0.4 of it (phase worker's sweep)
     soak_fraction: float = 0.35
+    soak_workers: tuple[int, ...] = (1, 3)  # one soak run per worker count and traffic kind
     partitions: int = 8
     pin: bool = True
     profile: bool = True
@@ -815,6 +816,7 @@ def parse(argv: list[str] | None) -> Config:
     ap.add_argument("--soak-seconds", type=float, help="seconds of each soak run (default 300; smoke 4)")
     ap.add_argument("--soak-window", type=float, help="seconds per soak report row (default 60; smoke 2)")
     ap.add_argument("--soak-fraction", type=float, help="soak load as a share of the max load (default 0.35)")
+    ap.add_argument("--soak-workers", help="comma-separated worker counts of the soak runs (default 1,3)")
     ap.add_argument("--broker", metavar="HOST:PORT", help="use this Kafka broker instead of starting one")
     ap.add_argument("--flush-interval", type=float, help="the workers' flush interval in seconds "
                     "(BUCKETSTREAM_FLUSH_INTERVAL; default: theirs)")
@@ -832,6 +834,8 @@ def parse(argv: list[str] | None) -> Config:
                  "soak_seconds", "soak_window", "soak_fraction"):
         if getattr(a, name) is not None:
             setattr(cfg, name, getattr(a, name))
+    if a.soak_workers:
+        cfg.soak_workers = tuple(int(x) for x in a.soak_workers.split(","))
     if a.fractions:
         cfg.fractions = sorted(float(x) for x in a.fractions.split(","))
     if a.phases:

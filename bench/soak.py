@@ -35,6 +35,10 @@ from bench.tools import dir_bytes, pin, rss_bytes
 CAPACITY, RATE = 100.0, 10.0
 #: Buckets full and idle this long are deleted (the horizon is max(this, C/R) = 30 s), every EXPIRE_CHECK s.
 EXPIRE_AFTER, EXPIRE_CHECK = 30.0, 10.0
+#: The decoded cache's size (BUCKETSTREAM_CACHE_KEYS): a quarter of the default, so that it is full
+#: within the first half of a 5-minute run at a few hundred new users a second, and the last
+#: half shows the steady state (memory that still grows then is a leak, not a cache filling).
+CACHE_KEYS = 50_000
 TRAFFIC = ("unique", "skewed")
 #: "No backlog at the end": the agents have handled every update within this long after the load.
 DRAIN_TARGET = 0.5
@@ -43,9 +47,9 @@ DRAIN_TARGET = 0.5
 def phase(bench, log) -> None:
     cfg = bench.cfg
     log(f"soak: {cfg.soak_seconds:g} s of each traffic kind at {cfg.soak_fraction:g} x its max load, "
-        f"one worker then three, a row every {cfg.soak_window:g} s")
+        f"with {' then '.join(map(str, cfg.soak_workers))} worker(s), a row every {cfg.soak_window:g} s")
     runs = bench.results.setdefault("soak", [])
-    for workers in (1, 3):
+    for workers in cfg.soak_workers:
         for traffic in TRAFFIC:
             runs.append(soak(bench, log, workers, traffic))
 
@@ -53,7 +57,7 @@ def phase(bench, log) -> None:
 def soak(bench, log, n: int, traffic: str) -> dict:
     cfg = bench.cfg
     p = bench.pool(f"soak{n}{traffic[0]}", capacity=CAPACITY, rate=RATE, expire_after=EXPIRE_AFTER,
-                   expire_check_interval=EXPIRE_CHECK)
+                   expire_check_interval=EXPIRE_CHECK, cache_keys=CACHE_KEYS)
     entry: dict = {"workers": n, "traffic": traffic, "window": cfg.soak_window, "rows": []}
     try:
         workers = p.start(n)
@@ -179,7 +183,7 @@ def markdown(results: dict) -> list[str]:
         return []
     out = ["## Soak: minutes of fixed load, a row per window", "",
            f"Rule C = {CAPACITY:g}, R = {RATE:g}/s; buckets expire {EXPIRE_AFTER:g} s after they are full and idle "
-           f"(sweep every {EXPIRE_CHECK:g} s). Offered: a fixed share of the max load measured just before on the "
+           f"(sweep every {EXPIRE_CHECK:g} s); decoded cache {CACHE_KEYS:,} keys per worker. Offered: a fixed share of the max load measured just before on the "
            "same workers. p50/p99: the worst worker's. RSS and store (the worker's data directory, RocksDB): the "
            "largest worker's. Keys: cached (decoded cache, all workers), own (admitted, not yet seen back from "
            "Kafka), table (the largest worker's active partitions). Backlog: update-topic records no merge agent "
