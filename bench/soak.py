@@ -10,7 +10,8 @@ long tail of light ones, ``bench.loadgen``):
    R = 10/s: the skewed mix's heavy users are refused) and the expiry horizon
    shortened to ``EXPIRE_AFTER`` s, so buckets expire during the run;
 2. calibration: as fast as it goes for ``calibrate`` s; the soak offers
-   ``fraction`` of that, spread evenly over the workers;
+   ``fraction`` of that, spread evenly over the workers, once the merge agents
+   have handled the calibration's updates;
 3. windows of ``window`` s back to back for ``seconds`` s; after each, the
    achieved rate, p50/p99, and per worker its RSS, the size of its data
    directory (RocksDB), its cached and own keys and its table's keys, and the
@@ -72,9 +73,10 @@ def soak(bench, log, n: int, traffic: str) -> dict:
             calibration = load(0.0, cfg.soak_calibrate, bench.prefix("cal"), 1)
             entry["max_rps"] = sum(r.rps for r in calibration)
             entry["offered"] = cfg.soak_fraction * entry["max_rps"]
-            _, drain = bench.quiet_totals(p.app_id, workers)
-            log(f"  soak {traffic}, {n} worker(s): max {entry['max_rps']:,.0f} req/s (calibration left "
-                f"{drain:.1f} s of Kafka writes); offering {entry['offered']:,.0f} req/s")
+            # the calibration's backlog is not the soak's: start once the agents have handled it
+            drain = drain_time(bench, p.app_id, workers, max(cfg.drain_timeout, 300.0))
+            log(f"  soak {traffic}, {n} worker(s): max {entry['max_rps']:,.0f} req/s (the agents handled its "
+                f"updates {drain:.1f} s after it); offering {entry['offered']:,.0f} req/s")
             heavy = bench.prefix("heavy")  # skewed: the same users all run long (their buckets stay hot)
             started = time.monotonic()
             for i in range(max(1, math.ceil(cfg.soak_seconds / cfg.soak_window))):
