@@ -398,6 +398,8 @@ class Agents:
             await asyncio.wait({task}, timeout=SHUTDOWN_FLUSH_TIMEOUT + 5.0)
 
     async def _final_publish(self, producer: AIOKafkaProducer, topic: str) -> None:
+        # a clean stop keeps nothing to itself: held-back admissions go out with the last flush
+        self.limiter.release_held(self.worker.clock())
         await self._publish(producer, topic)
         await producer.stop()
         if self.limiter.own_keys and not self.limiter.unsettled:
@@ -489,8 +491,11 @@ class Agents:
 
     # -- timers -------------------------------------------------------------------------------
     async def resend_unconfirmed(self) -> None:
-        """The safety net: send again what Kafka acknowledged but never showed (see Limiter.resend_stale)."""
-        self.limiter.resend_stale(self.worker.clock())
+        """The safety net: send again what Kafka acknowledged but never showed (see Limiter.resend_stale);
+        and forget held-back states whose allowance refilled (Limiter.drop_refilled)."""
+        now = self.worker.clock()
+        self.limiter.resend_stale(now)
+        self.limiter.drop_refilled(now)
 
     async def expire_idle(self) -> None:
         """Ask the owner to delete buckets of our active partitions that are full and idle.

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from bucketstream.crdt import BucketState, CodecError, Decision, Rule, decode, encode, join, leq, tokens, try_consume
+from bucketstream.hold import Holds
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class Limiter:
         resend_after: float = 30.0,
         max_unconfirmed: int = 50_000,
         on_learned: Callable[[bytes, float], None] | None = None,
+        holds: Holds | None = None,
     ) -> None:
         self.slot = slot
         self._read_table = read_table
@@ -70,6 +72,8 @@ class Limiter:
         self._resend_after = resend_after
         self.max_unconfirmed = max_unconfirmed
         self._on_learned = on_learned  # called when a key's replica view grew (from Kafka)
+        #: admissions kept unpublished (bucketstream.hold); None: every admission is published
+        self.holds = holds if holds is not None and holds.rule.enabled else None
         # decoded cache, BOTTOM = known absent; least recently read evicted first.
         # An OrderedDict, not a dict: popitem(last=False) is O(1) however many keys
         # were evicted before, where a dict's next(iter(d)) walks past every slot
@@ -118,9 +122,10 @@ class Limiter:
         ``max_unconfirmed`` states Kafka has not shown it yet (a publishing backlog).
 
         Keys it already holds state of keep being decided: their next flush is one
-        message whatever they spend, so they add nothing to the backlog.
+        message whatever they spend, so they add nothing to the backlog. Held-back
+        states (``holds``) wait for nothing and do not count.
         """
-        return len(self._own) < self.max_unconfirmed or key in self._own
+        return len(self._dirty) + len(self._inflight) < self.max_unconfirmed or key in self._own
 
     def decide(self, key: bytes, rule: Rule, now: float, cost: int = 1, capped: bool = False) -> Decision:
         own = self._own.get(key)
@@ -139,7 +144,9 @@ class Limiter:
         if decision.allowed:
             self._own[key] = new
             if key not in self._dirty:
-                self._dirty[key] = now
+                holds = self.holds
+                if holds is None or not holds.try_hold(key, rule, now, cost, decision.remaining, self.live_workers):
+                    self._dirty[key] = now
         return decision
 
     def burst_cap(self, rule: Rule, unconfirmed_for: float = 0.0) -> float:
@@ -182,6 +189,38 @@ class Limiter:
         self._dirty.clear()
         self.pending_sends += len(out)
         return out
+
+    def drop_refilled(self, now: float) -> int:
+        """Forget the held-back states whose allowance has refilled (``Holds.refilled``).
+
+        A key that also waits for Kafka keeps its state: if a flush is in flight, the
+        held-back part after it is published (else the state would outlive its entry,
+        since the replica would never cover it); returns how many states were dropped.
+        """
+        if self.holds is None:
+            return 0
+        dropped = 0
+        for key in self.holds.refilled(now):
+            if key in self._dirty:
+                continue
+            if key in self._inflight:
+                self._dirty[key] = now
+            elif self._own.pop(key, None) is not None:
+                dropped += 1
+        return dropped
+
+    def release_held(self, now: float) -> int:
+        """Publish every held-back state with the next flush (a worker stopping cleanly keeps
+        nothing to itself); returns how many keys that adds."""
+        if self.holds is None:
+            return 0
+        n = 0
+        for key in self.holds.keys():
+            if key in self._own and key not in self._dirty:
+                self._dirty[key] = now
+                n += 1
+        self.holds.clear()
+        return n
 
     def on_sent(self, keys: list[bytes], failed: bool, now: float) -> None:
         """Kafka answered the send of these keys' states (``take_dirty``): acknowledged, or

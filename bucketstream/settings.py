@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     expire_check_interval: float = Field(10.0, gt=0, description="seconds between expiry sweeps")
     max_unconfirmed_keys: int = Field(50_000, ge=1, description="back-pressure: while this worker holds this many admitted states Kafka has not shown it yet, /protected answers 503 (Retry-After: 1) for keys it holds no state of")
     cache_keys: int = Field(200_000, ge=1, description="decoded bucket states kept in memory (least recently read evicted first; a miss is one RocksDB read); about 1 KB of RSS each")
+    hold_share: float = Field(0.05, ge=0, le=1, description="publishing rule: share of each rule's rate the cluster may lose to admissions workers keep to themselves (far from the limit); 0 publishes every admission (docs/design.md, holding back)")
+    hold_burst: float = Field(0.05, ge=0, le=1, description="publishing rule: share of each rule's capacity (at least 1 token) one worker may keep unpublished on one key at once")
+    hold_floor: float = Field(0.5, ge=0, le=1, description="publishing rule: a worker keeps an admission to itself only while its view of the bucket keeps this share of the capacity")
+    hold_keys: int = Field(100_000, ge=0, description="publishing rule: keys with held-back admissions kept at most (beyond it, new keys are published); about 0.5 KB each")
     burst_cap: bool = Field(False, description="cap what one worker spends on a key before Kafka shows it: capacity/(2*(workers-1)) plus its refill share while unconfirmed; for round-robin balancing")
     log_level: str = Field("info", pattern=r"^(?i:debug|info|warning|error|critical)$", description="log level")
 

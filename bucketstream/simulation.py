@@ -1,4 +1,10 @@
-"""A deterministic discrete-event simulation of one hot key on N nodes: the seed's merge against ours.
+"""Deterministic discrete-event simulations against the ideal serialized bucket: merges, and the publishing rule.
+
+Part 1, one hot key on N nodes: the seed's merge against ours (``simulate``).
+Part 2, the publishing rule (``simulate_workers``): N real
+:class:`bucketstream.local.Limiter` objects, the worker's own code, with
+their hold rule (:mod:`bucketstream.hold`), exchanging whole states through a
+fake Kafka with a fixed delay; scenarios in ``SCENARIOS``.
 
 Setting: requests arrive at a fixed rate and go round-robin over ``nodes``
 nodes. Each node decides from its own view: its own state joined with the
@@ -37,8 +43,10 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from bucketstream import crdt
+from bucketstream.hold import HoldRule, Holds
+from bucketstream.local import Limiter
 
-__all__ = ["MERGES", "SimResult", "simulate", "main"]
+__all__ = ["MERGES", "SCENARIOS", "SimResult", "WorkersResult", "run_workers", "simulate", "simulate_workers", "main"]
 
 MERGES = ("seed", "ours")
 _US = 1_000_000
@@ -192,6 +200,157 @@ def simulate(
     )
 
 
+# -- part 2: the publishing rule ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WorkersResult:
+    scenario: str
+    nodes: int
+    hold: HoldRule
+    requests: int
+    admitted: int
+    ideal_admitted: int  # what one serialized classic bucket per key admits of the same requests
+    ratio: float  # admitted / ideal_admitted
+    records: int  # whole states published (update records)
+    max_excess_over_bound: float  # over all keys and instants, admitted - bound; <= 0: within it
+
+    @property
+    def records_per_request(self) -> float:
+        return self.records / self.requests if self.requests else 0.0
+
+
+def _thin_spread(nodes: int, duration: float, users: int = 100, factor: float = 2.0, rate: float = 1.0):
+    """``users`` users, each at ``factor`` times its refill rate, round-robin over the nodes
+    (each node sees less than the rate of any one user); users start staggered."""
+    step = 1.0 / (factor * rate)
+    out = []
+    for u in range(users):
+        t = step * u / users
+        i = u
+        while t <= duration:
+            out.append((t, i % nodes, u))
+            t += step
+            i += 1
+    return out
+
+
+def _hot_key(nodes: int, duration: float, request_rate: float = 1000.0):
+    return [(i / request_rate, i % nodes, 0) for i in range(int(duration * request_rate) + 1)]
+
+
+def _burst(nodes: int, duration: float, per_node: int = 20):
+    """Every node gets ``per_node`` requests for one key within the same millisecond, then
+    again every ``duration / 4`` seconds."""
+    out = []
+    for wave in range(4):
+        t0 = wave * duration / 4
+        out += [(t0 + j * 1e-6, n, 0) for j in range(per_node) for n in range(nodes)]
+    return out
+
+
+def _many_users(nodes: int, duration: float, users: int = 5000, each: int = 2):
+    """``users`` users far below their limits: ``each`` requests each, spread over the run,
+    all to node 0 (the other nodes only listen)."""
+    total = users * each
+    return [(duration * i / total, 0, (i * 7919) % users) for i in range(total)]
+
+
+#: name -> (request generator, capacity, rate, duration, generator keywords)
+SCENARIOS = {
+    # the issue's trap: 100 users at 2x their refill, round-robin over the nodes
+    "thin spread": (_thin_spread, 10.0, 1.0, 30.0, {}),
+    "thin spread, 10 min": (_thin_spread, 10.0, 1.0, 600.0, {}),
+    # the hold rule's worst case: a large bucket drained slowly stays above the floor for
+    # minutes, so only the allowance limits what the nodes keep to themselves
+    "slow drain, C=100": (_thin_spread, 100.0, 1.0, 600.0, {"users": 20, "factor": 1.2}),
+    "hot key": (_hot_key, 10.0, 10.0, 30.0, {}),
+    "burst": (_burst, 10.0, 1.0, 20.0, {}),
+    "many users": (_many_users, 100.0, 10.0, 15.0, {}),
+}
+
+
+def simulate_workers(scenario: str, nodes: int = 3, hold: HoldRule = HoldRule(), delay: float = 0.02,
+                     flush_interval: float = 0.01) -> WorkersResult:
+    """Run ``scenario`` on ``nodes`` Limiters: each flush tick, every node's ``take_dirty`` is
+    delivered ``delay`` seconds later to every node (itself too, as the peer feed does);
+    ``drop_refilled`` runs every second. The bound checked at every admission, per key:
+    ``C + R·t + (N-1)·(C + R·d) + N·A + share·R·t`` with ``d = delay + flush_interval``
+    (docs/design.md, holding back)."""
+    make, capacity, rate, duration, kw = SCENARIOS[scenario]
+    return run_workers(scenario, make(nodes, duration, **kw), capacity, rate, nodes, hold, delay, flush_interval)
+
+
+def run_workers(name: str, requests: list[tuple[float, int, int]], capacity: float, rate: float, nodes: int,
+                hold: HoldRule, delay: float, flush_interval: float) -> WorkersResult:
+    """``simulate_workers`` for explicit ``(seconds, node, user)`` requests (any order)."""
+    rule = crdt.Rule(capacity, rate)
+    epoch = rule.epoch
+    requests = sorted(requests)
+    limiters = []
+    for i in range(nodes):
+        lim = Limiter(_node_id(i), lambda key: None, holds=Holds(hold))
+        lim.live_workers = nodes
+        limiters.append(lim)
+    cap, _ = hold.allowance(rule, nodes)
+    held_extra = nodes * cap if hold.enabled else 0.0
+    held_rate = hold.share * rate if hold.enabled else 0.0
+    extra = (nodes - 1) * (capacity + rate * (delay + flush_interval)) + held_extra
+    keys: dict[int, bytes] = {}
+    admitted: dict[int, int] = {}
+    ideal: dict[int, list[float]] = {}  # key -> [level, last t]
+    ideal_admitted = total = records = 0
+    max_excess = -math.inf
+    in_flight: deque[tuple[float, list[tuple[bytes, bytes]]]] = deque()
+    next_flush, next_sweep = flush_interval, 1.0
+
+    def advance(t: float) -> None:
+        nonlocal next_flush, next_sweep, records
+        while True:
+            step = min(next_flush, next_sweep, in_flight[0][0] if in_flight else math.inf)
+            if step > t:
+                return
+            if in_flight and in_flight[0][0] == step:
+                _, batch = in_flight.popleft()
+                for lim in limiters:
+                    for key, raw in batch:
+                        lim.on_peer_state(key, crdt.decode(raw), epoch + step)
+            elif next_flush == step:
+                for lim in limiters:
+                    batch = lim.take_dirty(epoch + step)
+                    if batch:
+                        records += len(batch)
+                        lim.on_sent([k for k, _ in batch], False, epoch + step)
+                        in_flight.append((step + delay, batch))
+                next_flush += flush_interval
+            else:
+                for lim in limiters:
+                    lim.drop_refilled(epoch + step)
+                next_sweep += 1.0
+
+    for t, node, user in requests:
+        advance(t)
+        key = keys.get(user)
+        if key is None:
+            key = keys[user] = f"user-{user}".encode()
+        total += 1
+        level = ideal.setdefault(user, [capacity, t])
+        level[0] = min(capacity, level[0] + rate * (t - level[1]))
+        level[1] = t
+        if level[0] >= 1:
+            level[0] -= 1
+            ideal_admitted += 1
+        if limiters[node].decide(key, rule, epoch + t).allowed:
+            n = admitted[user] = admitted.get(user, 0) + 1
+            excess = n - (capacity + rate * t + held_rate * t + extra)
+            if excess > max_excess:
+                max_excess = excess
+    n_admitted = sum(admitted.values())
+    return WorkersResult(name, nodes, hold, total, n_admitted, ideal_admitted,
+                         n_admitted / ideal_admitted if ideal_admitted else 0.0, records,
+                         max_excess if n_admitted else 0.0)
+
+
 def main() -> None:
     capacity, rate, duration, request_rate = 10.0, 10.0, 60.0, 1000.0
     print(
@@ -224,6 +383,17 @@ def main() -> None:
             ratios = ", ".join(f"{r.ratio:.2f}x" for r in runs)
             sends = "after every request" if every else "after each admission"
             print(f"  d = {delay * 1000:>3g} ms, publishing {sends}: {ratios}")
+    print()
+    print("the publishing rule: real Limiters on N = 3 nodes, d = 20 ms + 10 ms flush; admitted and records")
+    print("against one serialized classic bucket per key; 'publish all' = hold_share 0 (every admission published)")
+    header = f"{'scenario':>20} {'rule':>11} {'requests':>8} {'ideal':>7} {'admitted':>8} {'ratio':>6} {'records/req':>11} {'max excess':>10}"
+    print(header)
+    print("-" * len(header))
+    for scenario in SCENARIOS:
+        for name, hold in (("publish all", HoldRule(share=0.0)), ("hold", HoldRule())):
+            r = simulate_workers(scenario, 3, hold)
+            print(f"{scenario:>20} {name:>11} {r.requests:>8} {r.ideal_admitted:>7} {r.admitted:>8} {r.ratio:>6.3f} "
+                  f"{r.records_per_request:>11.4f} {r.max_excess_over_bound:>10.1f}")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from aiokafka.partitioner import murmur2
 
 from bucketstream import crdt, metrics
+from bucketstream.hold import HoldRule, Holds
 from bucketstream.local import BOTTOM, Limiter
 from bucketstream.recovery import BulkStats
 from bucketstream.rules import Rules
@@ -39,7 +40,9 @@ class Worker:
         self.burst_cap = settings.burst_cap
         self.limiter = Limiter(self.slot, self._read, cache_size=settings.cache_keys,
                                max_unconfirmed=settings.max_unconfirmed_keys,
-                               on_delay=metrics.REPLICATION_DELAY.observe, on_learned=self._carry_forward)
+                               on_delay=metrics.REPLICATION_DELAY.observe, on_learned=self._carry_forward,
+                               holds=Holds(HoldRule(settings.hold_share, settings.hold_burst, settings.hold_floor,
+                                                    settings.hold_keys)))
         self.bulk_recovery = BulkStats()
         #: The table's stored value of a key (tables.register sets it).
         self.read_stored: Callable[[bytes], bytes | None] = lambda key: None
@@ -51,6 +54,8 @@ class Worker:
         self.stopping = False
         metrics.KEYS.labels("own_unreflected").set_function(lambda: self.limiter.own_keys)
         metrics.KEYS.labels("cached").set_function(lambda: self.limiter.cached_keys)
+        metrics.KEYS.labels("held").set_function(lambda: len(self.limiter.holds or ()))
+        metrics.HELD.set_function(lambda: self.limiter.holds.held if self.limiter.holds else 0)
 
     # -- keys and expiry ---------------------------------------------------------------------
     def _partition(self, key: bytes) -> int:

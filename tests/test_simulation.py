@@ -100,6 +100,11 @@ def test_bad_parameters_are_refused(kwargs, message):
         simulate(**args)
 
 
+class _FakeWorkers:
+    requests = admitted = ideal_admitted = 1
+    ratio = records_per_request = max_excess_over_bound = 0.0
+
+
 def test_main_prints_the_table(capsys, monkeypatch):
     """The table has a row per merge, N and d, with the ratio; runs are stubbed (the real ones are tested above)."""
     calls = []
@@ -109,6 +114,7 @@ def test_main_prints_the_table(capsys, monkeypatch):
         return SimResult(merge, nodes, delay, 610, 610.0, 1.0, -1.0, 20, 610)
 
     monkeypatch.setattr("bucketstream.simulation.simulate", fake)
+    monkeypatch.setattr("bucketstream.simulation.simulate_workers", lambda *a, **kw: _FakeWorkers)
     main()
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.strip().startswith(("seed", "ours"))]

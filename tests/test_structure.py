@@ -19,7 +19,7 @@ MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem not in ("__init_
 #: modules of a lower layer (or of its own layer, for the core's helpers).
 LAYERS = [
     {"settings"},
-    {"crdt", "rules", "local", "spill", "validate", "simulation", "metrics", "topics", "patches", "recovery",
+    {"crdt", "hold", "rules", "local", "spill", "validate", "simulation", "metrics", "topics", "patches", "recovery",
      "history", "inspect"},
     {"worker"},
     {"tables", "agents", "web"},

@@ -1,0 +1,137 @@
+"""The publishing rule: which admissions a worker may keep to itself instead of publishing them.
+
+The model
+---------
+Publishing every admission costs a record on the update topic, a changelog
+record and work on every other worker, for every request, although only keys
+near their limit need the other workers to know. So a worker may *hold back*
+an admission (not publish it) when both hold:
+
+* **far from the limit**: its own view of the bucket still has at least
+  ``floor · C`` tokens after the admission;
+* **within its allowance**: each (key, worker) has an allowance of held-back
+  tokens, at most ``A = max(1, burst · C)``, that refills at
+  ``ρ = share · R / N`` tokens per second (``N``: workers in the group). A
+  held admission spends ``cost`` of it.
+
+Otherwise the key is published as before, as a whole state: that one record
+carries everything held back on it so far. A key already waiting for the next
+flush is not charged (its consumption goes out anyway).
+
+Why an allowance that refills with time, not "hold while my view is full":
+held-back consumption is invisible to the other workers, and if the worker
+drops it (below) invisible to itself too, so the worst case counts every
+held-back token as forgotten. A rule that forgets whenever a worker's own view
+looks full forgets again and again for a user spread thinly over the workers
+(each sees the bucket refilling) and admits up to ``N`` times the rate. An
+allowance forgets at most ``A + ρ·T`` per key and worker in any time ``T``:
+``N·A + share·R·T`` per key for the cluster, a constant factor ``1 + share``
+of the rate however long the traffic lasts and however many workers there
+are (docs/design.md, "Holding back").
+
+Entries live until their allowance has refilled to ``A``; then the key's own
+state is dropped unless something of it is still to be published (the worker
+forgets what it held back: covered by the bound). Memory is at most
+``max_keys`` entries: a new key beyond that is published, never held.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from bucketstream.crdt import Rule
+
+__all__ = ["HoldRule", "Holds"]
+
+
+@dataclass(frozen=True, slots=True)
+class HoldRule:
+    """The thresholds, from settings; ``share = 0`` holds nothing (every admission is published)."""
+
+    share: float = 0.05  # of each rule's rate the cluster may lose to held-back tokens
+    burst: float = 0.05  # of each rule's capacity one worker may hold back at once (at least one token)
+    floor: float = 0.5  # hold only while the worker's view keeps this share of the capacity
+    max_keys: int = 100_000  # entries kept at most
+
+    def __post_init__(self) -> None:
+        for name in ("share", "burst", "floor"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and 0 <= value <= 1):
+                raise ValueError(f"hold {name} must be between 0 and 1, got {value!r}")
+        if self.max_keys < 0:
+            raise ValueError(f"hold max_keys must be >= 0, got {self.max_keys!r}")
+
+    def allowance(self, rule: Rule, workers: int) -> tuple[float, float]:
+        """``(A, ρ)`` for ``rule`` among ``workers`` workers: the most one worker holds back at
+        once, in tokens, and how fast that allowance refills, in tokens per second."""
+        return max(1.0, self.burst * rule.capacity), self.share * rule.rate / max(1, workers)
+
+    @property
+    def enabled(self) -> bool:
+        return self.share > 0 and self.max_keys > 0
+
+
+class _Entry:
+    __slots__ = ("left", "at", "full_at")
+
+    def __init__(self, left: float, at: float, full_at: float) -> None:
+        self.left = left  # allowance left at `at`
+        self.at = at
+        self.full_at = full_at  # when it will have refilled to A
+
+
+class Holds:
+    """One worker's allowances, per key. Pure: the caller passes the time and the worker count."""
+
+    def __init__(self, rule: HoldRule) -> None:
+        self.rule = rule
+        # oldest first: an entry moves to the end when it is spent from again, so the
+        # sweep (``refilled``) stops at the first entry still refilling: O(what it removes)
+        self._entries: dict[bytes, _Entry] = {}
+        self.held = 0  # admissions held back, ever (a counter for metrics)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def try_hold(self, key: bytes, rule: Rule, now: float, cost: int, remaining: float, workers: int) -> bool:
+        """Whether an admission of ``cost`` on ``key``, leaving ``remaining`` tokens in this
+        worker's view, may stay unpublished; if so, its allowance is spent."""
+        if remaining < self.rule.floor * rule.capacity:
+            return False
+        cap, refill = self.rule.allowance(rule, workers)
+        entries = self._entries
+        entry = entries.pop(key, None)
+        if entry is None:
+            if len(entries) >= self.rule.max_keys or refill <= 0:
+                return False
+            left = cap
+        else:
+            left = min(cap, entry.left + (now - entry.at) * refill) if refill > 0 else entry.left
+        if left < cost:
+            if entry is not None:
+                entries[key] = entry  # unchanged; at the end: it was just used
+            return False
+        left -= cost
+        entries[key] = _Entry(left, now, now + (cap - left) / refill)
+        self.held += 1
+        return True
+
+    def refilled(self, now: float) -> list[bytes]:
+        """Remove and return the keys whose allowance is full again (oldest first; the sweep
+        stops at the first entry still refilling, which a later sweep finds)."""
+        out = []
+        entries = self._entries
+        for key, entry in entries.items():
+            if entry.full_at > now:
+                break
+            out.append(key)
+        for key in out:
+            del entries[key]
+        return out
+
+    def keys(self) -> list[bytes]:
+        return list(self._entries)
+
+    def clear(self) -> None:
+        self._entries.clear()
