@@ -42,13 +42,13 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from bench import loadgen, profile, report, soak
+from bench import loadgen, profile, report, scaleout, soak
 from bench.tools import (BenchError, Procs, cpu_seconds, cpu_sets, dir_bytes, ensure_tools, pin, python, rss_bytes,
                          uptime, wait_http)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "results"
-PHASES = ("ceiling", "redis", "worker", "replication", "recovery", "soak")
+PHASES = ("ceiling", "redis", "worker", "replication", "scaleout", "recovery", "soak")
 
 #: A fixed-load run after which a worker's Kafka writes go on longer than this (s) was not sustainable.
 BACKLOG_SECONDS = 3.0
@@ -85,6 +85,8 @@ class Config:
     # (a backlog); a worker keeps up with unique users at about 0.4 of it (phase worker's sweep)
     soak_fraction: float = 0.35
     soak_workers: tuple[int, ...] = (1, 3)  # one soak run per worker count and traffic kind
+    scaleout_rate: float = 800.0  # req/s offered to the one loaded worker of the scale-out phase
+    scaleout_seconds: float = 15.0
     partitions: int = 8
     pin: bool = True
     profile: bool = True
@@ -97,6 +99,7 @@ class Config:
         return cls(smoke=True, duration=1.0, warmup=0.0, repeats=1, isolate=False, fractions=[0.5], memory_keys=1_000,
                    recovery_keys=1_000, recovery_timeout=120.0, replication_duration=1.0, profile=False,
                    replication_sweep=[], soak_seconds=4.0, soak_window=2.0, soak_calibrate=1.0,
+                   scaleout_rate=200.0, scaleout_seconds=1.0,
                    drain_timeout=2.0, **kw)
 
 
@@ -622,7 +625,7 @@ class Bench:
         self.results["config"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.__dict__.items()}
         log(f"load average at start: {self.results['meta']['load_start']}")
         try:
-            need_broker = any(ph in cfg.phases for ph in ("worker", "replication", "recovery", "soak"))
+            need_broker = any(ph in cfg.phases for ph in ("worker", "replication", "scaleout", "recovery", "soak"))
             if need_broker and cfg.smoke:
                 # timing does not matter in a smoke run: start the broker while phases 1-2 run
                 self._broker_future = concurrent.futures.ThreadPoolExecutor(1).submit(self.start_broker)
@@ -638,6 +641,8 @@ class Bench:
                 self.phase_worker()
             if "replication" in cfg.phases:
                 self.phase_replication()
+            if "scaleout" in cfg.phases:
+                scaleout.phase(self, log)
             if "recovery" in cfg.phases:
                 self.phase_recovery()
             if "soak" in cfg.phases:
@@ -817,6 +822,9 @@ def parse(argv: list[str] | None) -> Config:
     ap.add_argument("--soak-window", type=float, help="seconds per soak report row (default 60; smoke 2)")
     ap.add_argument("--soak-fraction", type=float, help="soak load as a share of the max load (default 0.35)")
     ap.add_argument("--soak-workers", help="comma-separated worker counts of the soak runs (default 1,3)")
+    ap.add_argument("--scaleout-rate", type=float, help="req/s offered to the loaded worker of the scale-out "
+                                                        "phase (default 800)")
+    ap.add_argument("--scaleout-seconds", type=float, help="seconds per scale-out run (default 15; smoke 1)")
     ap.add_argument("--broker", metavar="HOST:PORT", help="use this Kafka broker instead of starting one")
     ap.add_argument("--flush-interval", type=float, help="the workers' flush interval in seconds "
                     "(BUCKETSTREAM_FLUSH_INTERVAL; default: theirs)")
@@ -831,7 +839,7 @@ def parse(argv: list[str] | None) -> Config:
     if a.out:
         cfg.out = a.out.resolve()
     for name in ("duration", "connections", "repeats", "memory_keys", "recovery_keys", "broker", "flush_interval",
-                 "soak_seconds", "soak_window", "soak_fraction"):
+                 "soak_seconds", "soak_window", "soak_fraction", "scaleout_rate", "scaleout_seconds"):
         if getattr(a, name) is not None:
             setattr(cfg, name, getattr(a, name))
     if a.soak_workers:

@@ -94,6 +94,9 @@ class Holds:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __contains__(self, key: bytes) -> bool:
+        return key in self._entries
+
     def try_hold(self, key: bytes, rule: Rule, now: float, cost: int, remaining: float, workers: int) -> bool:
         """Whether an admission of ``cost`` on ``key``, leaving ``remaining`` tokens in this
         worker's view, may stay unpublished; if so, its allowance is spent."""

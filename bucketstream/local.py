@@ -7,7 +7,9 @@ RocksDB read on a cache miss), one for this worker's own state, a join and a
 Own states: after an admission the worker keeps the whole new state of the key
 (``join(replica, own)`` plus its consumption) until the table replica shows it
 (``own ≤ replica``). A timer flushes each touched key once per interval as a
-whole lattice state, never as a bare counter. What this worker knows of other
+whole lattice state, never as a bare counter; an admission far from the limit
+may instead stay unpublished, within an allowance per key (``holds``,
+:mod:`bucketstream.hold`). What this worker knows of other
 workers arrives two ways, both joined into the decoded cache:
 
 * :meth:`Limiter.on_peer_state`: every worker reads the whole update topic
@@ -332,7 +334,18 @@ class Limiter:
 
     @property
     def own_keys(self) -> int:
+        """Own states kept: waiting for Kafka, or held back (``holds``)."""
         return len(self._own)
+
+    @property
+    def waiting_keys(self) -> int:
+        """Keys whose admissions are to be published or published and not shown back yet
+        (held-back ones wait for nothing)."""
+        return len(self._dirty.keys() | self._inflight.keys())
+
+    @property
+    def held_keys(self) -> int:
+        return len(self.holds) if self.holds is not None else 0
 
     @property
     def unsettled(self) -> bool:

@@ -65,7 +65,7 @@ LOOP_LAG = Histogram("bucketstream_event_loop_lag_seconds",
 GC_PAUSE = Histogram("bucketstream_gc_pause_seconds", "Garbage-collector passes, by generation (2 = full)",
                      ["generation"], buckets=(0.0005, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5),
                      registry=REGISTRY)
-KEYS = Gauge("bucketstream_keys", "Keys held, by kind (own_unreflected: own states Kafka does not show, cached: "
+KEYS = Gauge("bucketstream_keys", "Keys held, by kind (own_unreflected: own states waiting for Kafka, cached: "
              "decoded replica states, held: keys with admissions kept unpublished)", ["kind"], registry=REGISTRY)
 HELD = Gauge("bucketstream_admissions_held", "Admissions this worker kept to itself since it started, far from "
              "their limit (bucketstream.hold; a counter, exposed as a gauge read at scrape time)", registry=REGISTRY)

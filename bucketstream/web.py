@@ -226,6 +226,8 @@ def bucket_view(worker: Worker, table: faust.Table, app: faust.App, user: str, r
             "wasted": view.wasted,
             "replica_consumed": replica.consumed,
             "own_unreflected": own is not None and not crdt.leq(own, replica),
+            # kept to this worker (bucketstream.hold), not published unless the key comes near its limit
+            "held": limiter.holds is not None and k in limiter.holds,
             "partition": partition,
             "role": "active" if owner else "standby",
             "slot": worker.slot,
@@ -308,7 +310,10 @@ def register(app: faust.App, worker: Worker, table: faust.Table) -> None:
                         "standby": sorted(tp.partition for tp in assignor.assigned_standbys() if tp.topic == topic),
                     },
                     "active_keys": len(table) if ready else None,
-                    "own_unreflected_keys": limiter.own_keys,
+                    # own states waiting for Kafka; held back ones (bucketstream.hold) wait for nothing
+                    "own_unreflected_keys": limiter.waiting_keys,
+                    "held_keys": limiter.held_keys,
+                    "held_admissions": limiter.holds.held if limiter.holds is not None else 0,
                     "pending_sends": limiter.pending_sends,
                     "live_workers": limiter.live_workers,
                     "burst_cap": {"enabled": worker.burst_cap,

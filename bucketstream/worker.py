@@ -52,9 +52,9 @@ class Worker:
         self._ready = False
         self.peer_feed_ready = False
         self.stopping = False
-        metrics.KEYS.labels("own_unreflected").set_function(lambda: self.limiter.own_keys)
+        metrics.KEYS.labels("own_unreflected").set_function(lambda: self.limiter.waiting_keys)
         metrics.KEYS.labels("cached").set_function(lambda: self.limiter.cached_keys)
-        metrics.KEYS.labels("held").set_function(lambda: len(self.limiter.holds or ()))
+        metrics.KEYS.labels("held").set_function(lambda: self.limiter.held_keys)
         metrics.HELD.set_function(lambda: self.limiter.holds.held if self.limiter.holds else 0)
 
     # -- keys and expiry ---------------------------------------------------------------------

@@ -367,14 +367,15 @@ def test_health_readiness_and_metrics(worker):
 def test_back_pressure_503_for_new_keys_while_kafka_has_not_confirmed(pool, broker):
     """With the broker frozen nothing this worker admits is confirmed: past
     max_unconfirmed_keys new users get 503 JSON + Retry-After: 1, users it holds
-    state of are still decided, and once Kafka is back new users are admitted again."""
+    state of are still decided, and once Kafka is back new users are admitted again. Every
+    admission is published (hold_share 0): a held-back one waits for nothing, so never 503s."""
     import json
     import os
     import signal
 
     from tests.cluster import wait_until
 
-    (w,) = pool.start(1, max_unconfirmed_keys=3)
+    (w,) = pool.start(1, max_unconfirmed_keys=3, hold_share=0)
     pid = int((broker.state_dir / "pid").read_text())
     os.kill(pid, signal.SIGSTOP)
     try:

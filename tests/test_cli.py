@@ -87,7 +87,8 @@ def test_split_key_reads_the_keys_that_dump_prints():
 def stopped_table(broker, tmp_path_factory):
     """A worker spends tokens for three buckets and stops; then the changelog gets a
     malformed value and a deleted key. Only Kafka holds the table afterwards."""
-    pool = WorkerPool(broker, tmp_path_factory.mktemp("cli-table"), capacity=5, rate=0.01)
+    # hold_share 0: every admission published, so that the table holds all three buckets
+    pool = WorkerPool(broker, tmp_path_factory.mktemp("cli-table"), capacity=5, rate=0.01, hold_share=0)
     try:
         (w,) = pool.start(1)
         spent = {("alice", None): 6, ("bob", None): 2, ("carol", "search"): 1}  # alice: 5 allowed, 1 refused

@@ -116,8 +116,9 @@ def test_broker_outage_workers_keep_answering_and_nothing_is_lost(pool, broker):
 
 def test_idle_buckets_expire_and_the_table_shrinks(pool, broker):
     """(6) many distinct users, then idle: their full buckets are deleted (tombstones
-    in the compacted changelog), and the workers hold no keys any more."""
-    workers = pool.start(2, capacity=2, rate=1, expire_after=1, expire_check_interval=0.5)
+    in the compacted changelog), and the workers hold no keys any more. Every admission is
+    published (hold_share 0): a user of one request would otherwise never reach the table."""
+    workers = pool.start(2, capacity=2, rate=1, expire_after=1, expire_check_interval=0.5, hold_share=0)
     users = [f"u{i}" for i in range(300)]
     for i, u in enumerate(users):
         assert workers[i % 2].protected(u)[0] == 200
