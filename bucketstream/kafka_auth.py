@@ -86,7 +86,7 @@ def faust_credentials(settings: Settings) -> faust.types.auth.CredentialsT | Non
     return credentials
 
 
-def _explain(settings: Settings, where: str, exc: BaseException) -> ConfigError:
+def explain(settings: Settings, where: str, exc: BaseException) -> ConfigError:
     """The one-line message of a failed connection, naming the setting to fix."""
     protocol = settings.kafka_security_protocol
     if isinstance(exc, ssl.SSLCertVerificationError):
@@ -156,5 +156,5 @@ async def preflight(settings: Settings, timeout: float = PREFLIGHT_TIMEOUT) -> N
             await _try(settings, server, timeout)
             return
         except (OSError, EOFError, asyncio.TimeoutError, errors.KafkaError) as exc:
-            failures.append(_explain(settings, server, exc))
+            failures.append(explain(settings, server, exc))
     raise next((f for f in failures if isinstance(f, KafkaAccessError)), failures[0])

@@ -10,8 +10,10 @@ line naming the setting to fix: aiokafka's clients would retry for good.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -117,6 +119,20 @@ def test_sasl_ssl_clients_get_tls_and_the_login_and_faust_the_same():
 def test_a_ca_file_that_is_not_pem_is_named():
     with pytest.raises(ConfigError, match="BUCKETSTREAM_KAFKA_CA_FILE: cannot load it as PEM"):
         kafka_auth.client_kwargs(load({**SASL, "kafka_ca_file": __file__}))
+
+
+def test_a_certificate_for_another_host_names_the_host_name_check():
+    """The broker's certificate is for 127.0.0.1 and localhost; the secure broker cannot be reached by
+    another name here, so the mapping of OpenSSL's answer is checked on its own."""
+    exc = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    exc.verify_message = "Hostname mismatch, certificate is not valid for 'kafka.example'."
+    line = str(kafka_auth.explain(load(SASL), "kafka.example:9094", exc))
+    assert "BUCKETSTREAM_KAFKA_CHECK_HOSTNAME=false" in line and "BUCKETSTREAM_BROKER" in line
+
+
+def test_a_broker_that_does_not_answer_is_named_not_waited_for():
+    line = str(kafka_auth.explain(load(SASL), "h:1", asyncio.TimeoutError()))
+    assert "did not answer" in line and "BUCKETSTREAM_KAFKA_SECURITY_PROTOCOL=SASL_SSL" in line
 
 
 # -- the admin token -----------------------------------------------------------------------
