@@ -128,6 +128,12 @@ def explain(settings: Settings, where: str, exc: BaseException) -> ConfigError:
 
 async def _try(settings: Settings, server: str, timeout: float) -> None:
     host, _, port = server.rpartition(":") if ":" in server else (server, "", "9092")
+    # reachable at all? (a timeout later means the listener does not speak our protocol)
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout)
+    except asyncio.TimeoutError:
+        raise KafkaUnreachable(f"cannot reach Kafka at {server} ({P}BROKER): no connection within {timeout:g} s") from None
+    writer.close()
     kwargs = client_kwargs(settings)
     del kwargs["bootstrap_servers"]
     async def connect_and_ask() -> None:
@@ -155,6 +161,8 @@ async def preflight(settings: Settings, timeout: float = PREFLIGHT_TIMEOUT) -> N
         try:
             await _try(settings, server, timeout)
             return
+        except ConfigError as exc:
+            failures.append(exc)
         except (OSError, EOFError, asyncio.TimeoutError, errors.KafkaError) as exc:
             failures.append(explain(settings, server, exc))
     raise next((f for f in failures if isinstance(f, KafkaAccessError)), failures[0])

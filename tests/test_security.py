@@ -259,6 +259,17 @@ def test_table_dump_with_wrong_kafka_security_stops_at_once_in_one_line(case, se
     assert took < 15
 
 
+def test_a_broker_address_nothing_listens_on_is_unreachable_not_a_protocol_problem():
+    s = load({**SASL, "broker": f"kafka://127.0.0.1:{free_port()}"})
+    with pytest.raises(kafka_auth.KafkaUnreachable, match=r"cannot reach Kafka at 127\.0\.0\.1:\d+ \(BUCKETSTREAM_BROKER\)"):
+        asyncio.run(kafka_auth.preflight(s, 2))
+
+
+def test_one_answering_bootstrap_broker_is_enough(secure_broker):
+    s = load({**secure_broker.settings, "broker": f"kafka://127.0.0.1:{free_port()};{secure_broker.url[8:]}"})
+    asyncio.run(kafka_auth.preflight(s, 5))
+
+
 def test_zz_print_the_error_lines():
     """With -s: the error line of each failure case above (nothing to check)."""
     for line in SEEN:
