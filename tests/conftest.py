@@ -1,4 +1,4 @@
-"""Fixtures: one real Kafka broker per test session, worker pools per test.
+"""Fixtures: one real Kafka broker per test session (and a SASL_SSL one, kafka-secure.sh, when a test asks), worker pools per test.
 
 The broker is Apache Kafka (KRaft) from deploy/kafka/kafka.sh on a free port
 with its own state directory, so `make test` never touches the broker of
