@@ -18,6 +18,7 @@ help:
 	@echo "make tools       build the compose and promtool checkers the tests use (Go, once)"
 	@echo "make kafka-stop  stop it"
 	@echo "make kafka-cluster / kafka-cluster-stop   three KRaft brokers on 19092, 19094, 19096"
+	@echo "make kafka-secure / kafka-secure-stop     a SASL_SSL (SCRAM over TLS) broker on 9094; eval \"\$$(make -s kafka-secure)\""
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found: install Python 3.11 or newer"; exit 1; }
@@ -47,6 +48,14 @@ kafka-cluster:
 
 kafka-cluster-stop:
 	@deploy/kafka/cluster.sh stop
+
+.PHONY: kafka-secure kafka-secure-stop
+# a SASL_SSL (SCRAM, local CA) broker on 127.0.0.1:9094; stdout is KEY=value lines: eval "$(make -s kafka-secure)"
+kafka-secure:
+	@deploy/kafka/kafka-secure.sh start
+
+kafka-secure-stop:
+	@deploy/kafka/kafka-secure.sh stop
 
 run: venv
 	@deploy/run.sh

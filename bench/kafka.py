@@ -10,7 +10,7 @@ import time
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import murmur2
 
-from bucketstream import crdt
+from bucketstream import crdt, kafka_auth
 from bucketstream.rules import Rules
 from bucketstream.settings import Settings
 from bucketstream.topics import changelog_topic, ensure_topics, updates_topic
@@ -30,7 +30,8 @@ class Probe:
 
     async def _ends(self, topics: list[str]) -> dict[str, int]:
         if self.consumer is None:
-            self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False)
+            self.consumer = AIOKafkaConsumer(**kafka_auth.client_kwargs(settings_for(self.bootstrap, "probe", 1)),
+                                             group_id=None, enable_auto_commit=False)
             await self.consumer.start()
         out = {}
         for topic in topics:
@@ -80,7 +81,7 @@ async def _produce_changelog(bootstrap: str, app_id: str, partitions: int, n: in
     # a few thousand distinct realistic values, reused: building 1M states through
     # try_consume would take longer than producing them
     values = [crdt.encode(realistic_state(rng, policy.rule, now)) for _ in range(min(n, 4096))]
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=50, max_batch_size=512 * 1024,
+    producer = AIOKafkaProducer(**kafka_auth.client_kwargs(settings), acks=1, linger_ms=50, max_batch_size=512 * 1024,
                                 max_request_size=4 * 1024 * 1024, compression_type=None)
     await producer.start()
     started = time.monotonic()

@@ -19,8 +19,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from faust.types import TP
 
-from bucketstream import crdt, metrics, patches, spill
-from bucketstream.topics import (FETCH_MAX_WAIT_MS, UPDATES_RETENTION_MS, bootstrap_servers, read_to_end,
+from bucketstream import crdt, kafka_auth, metrics, patches, spill
+from bucketstream.topics import (FETCH_MAX_WAIT_MS, UPDATES_RETENTION_MS, read_to_end,
                                  updates_topic)
 from bucketstream.worker import Worker
 
@@ -266,7 +266,7 @@ class Agents:
     def _producer(self, role: str) -> AIOKafkaProducer:
         """A dedicated producer: ``acks=all``, sends at once, gives up a batch after PUBLISH_TIMEOUT_MS."""
         return AIOKafkaProducer(
-            bootstrap_servers=bootstrap_servers(self.settings),
+            **kafka_auth.client_kwargs(self.settings),
             client_id=f"{self.settings.node_id}-{role}",
             acks="all",
             linger_ms=0,
@@ -298,7 +298,7 @@ class Agents:
         """
         settings, limiter, worker = self.settings, self.limiter, self.worker
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap_servers(settings),
+            **kafka_auth.client_kwargs(settings),
             group_id=None,
             enable_auto_commit=False,
             fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
@@ -534,7 +534,7 @@ class Agents:
 
     async def _admin_client(self) -> AIOKafkaAdminClient:
         if self._admin is None:
-            admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(self.settings), request_timeout_ms=5000)
+            admin = AIOKafkaAdminClient(**kafka_auth.client_kwargs(self.settings), request_timeout_ms=5000)
             await admin.start()
             self._admin = admin
         return self._admin

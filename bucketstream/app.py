@@ -13,10 +13,9 @@ from collections.abc import Callable
 
 import faust
 
-from bucketstream import agents, patches, recovery, tables, web
+from bucketstream import agents, kafka_auth, patches, recovery, tables, web
 from bucketstream.history import sync_history
 from bucketstream.settings import Settings, load
-from bucketstream.topics import bootstrap_servers
 from bucketstream.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -50,7 +49,7 @@ class BucketApp(faust.App):
         table = self.bucket_table
         try:
             await recovery.preload(table.data, table.changelog_topic_name, settings.partitions,
-                                   bootstrap_servers(settings), client_id=f"{settings.node_id}-bulk-recovery",
+                                   kafka_auth.client_kwargs(settings), client_id=f"{settings.node_id}-bulk-recovery",
                                    stats=stats)
         except Exception as exc:  # noqa: BLE001 - Faust's own recovery still reads everything that is missing
             stats.error = repr(exc)
@@ -68,6 +67,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Bu
     app = BucketApp(
         settings.app_id,
         broker=settings.broker,
+        broker_credentials=kafka_auth.faust_credentials(settings),  # TLS and SASL, as every other client
         store="rocksdb://",
         datadir=str(settings.data_dir),
         web_bind=settings.web_host,

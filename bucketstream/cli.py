@@ -47,6 +47,24 @@ def _option(name: str, *decls: str, **kw):
     )
 
 
+def _kafka_security_options(f):
+    """The Kafka TLS/SASL options (``bucketstream.kafka_auth``), shared by every command that talks to Kafka.
+    The password is best given by file or environment: a command line is visible to every local user."""
+    for decorator in reversed([
+        _option("kafka_security_protocol", "--kafka-security-protocol", metavar="PROTOCOL"),
+        _option("kafka_sasl_mechanism", "--kafka-sasl-mechanism", metavar="MECHANISM"),
+        _option("kafka_username", "--kafka-username", metavar="NAME"),
+        _option("kafka_password", "--kafka-password", metavar="SECRET"),
+        _option("kafka_password_file", "--kafka-password-file", metavar="FILE"),
+        _option("kafka_ca_file", "--kafka-ca-file", metavar="FILE"),
+        _option("kafka_cert_file", "--kafka-cert-file", metavar="FILE"),
+        _option("kafka_key_file", "--kafka-key-file", metavar="FILE"),
+        _option("kafka_check_hostname", "--kafka-check-hostname/--no-kafka-check-hostname"),
+    ]):
+        f = decorator(f)
+    return f
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="bucketstream")
 def main() -> None:
@@ -80,15 +98,20 @@ def main() -> None:
 @_option("expire_check_interval", "--expire-check-interval", type=float, metavar="SECONDS")
 @_option("app_id", "--app-id", metavar="NAME")
 @_option("log_level", "--log-level", metavar="LEVEL")
+@_option("admin_token", "--admin-token", metavar="TOKEN")
+@_kafka_security_options
 def worker(**options) -> None:
     """Run one Faust worker: the bucket table, its agents and the HTTP API."""
-    from bucketstream import patches
+    from bucketstream import kafka_auth, patches
     from bucketstream.app import create_app
     from bucketstream.topics import ensure_topics
 
     try:
         settings = load({name: value for name, value in options.items() if value is not None})
         app = create_app(settings)  # validates the rules and the libraries' internals; no I/O
+        # one connection as every client will make it: a refused login or certificate stops
+        # the start here, in one line naming the setting (aiokafka's clients would retry forever)
+        asyncio.run(kafka_auth.preflight(settings))
         # topics first, so a cluster that cannot hold them is named here, not in a traceback
         asyncio.run(ensure_topics(settings))
         # states a stopped worker kept on this data directory: published before serving
@@ -237,6 +260,7 @@ def _table_options(f):
         click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
                      metavar="SECONDS", help="give up on Kafka after this long"),
         _json_flag,
+        _kafka_security_options,
     ]):
         f = decorator(f)
     return f
@@ -245,7 +269,8 @@ def _table_options(f):
 def _read_table(options: dict, timeout: float):
     from bucketstream import inspect as look
     from bucketstream.rules import Rules
-    from bucketstream.topics import bootstrap_servers, changelog_topic
+    from bucketstream import kafka_auth
+    from bucketstream.topics import changelog_topic
 
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # its connection errors become our one line
     try:
@@ -254,7 +279,14 @@ def _read_table(options: dict, timeout: float):
     except ConfigError as exc:
         raise _fail(exc, 2) from None
     try:
-        snapshot = asyncio.run(look.read_changelog(bootstrap_servers(settings), changelog_topic(settings),
+        # one connection first: a refused login or certificate is one line naming the setting, not a hang
+        asyncio.run(kafka_auth.preflight(settings, min(timeout, kafka_auth.PREFLIGHT_TIMEOUT)))
+    except kafka_auth.KafkaUnreachable as exc:
+        raise _fail(exc, 1) from None
+    except ConfigError as exc:
+        raise _fail(exc, 2) from None
+    try:
+        snapshot = asyncio.run(look.read_changelog(kafka_auth.client_kwargs(settings), changelog_topic(settings),
                                                    settings.app_id, timeout))
     except look.InspectError as exc:
         raise _fail(exc, exc.exit_code) from None

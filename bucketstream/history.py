@@ -23,14 +23,15 @@ from aiokafka.errors import KafkaError
 
 from bucketstream.rules import Rules
 from bucketstream.settings import ConfigError, Settings
-from bucketstream.topics import bootstrap_servers, read_to_end, rules_topic
+from bucketstream import kafka_auth
+from bucketstream.topics import read_to_end, rules_topic
 
 log = logging.getLogger(__name__)
 
 
 async def read_history(settings: Settings) -> dict[str, list[dict]]:
     """Rule name -> recorded versions (oldest first), from the whole topic."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers(settings), group_id=None,
+    consumer = AIOKafkaConsumer(**kafka_auth.client_kwargs(settings), group_id=None,
                                 enable_auto_commit=False, client_id=f"{settings.node_id}-rules")
     await consumer.start()
     try:
@@ -66,7 +67,7 @@ async def sync_history(settings: Settings, rules: Rules) -> dict[str, list[dict]
         recorded = await read_history(settings)
         changed = rules.versions_to_record(recorded, time.time())
         if changed:
-            producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers(settings), acks="all",
+            producer = AIOKafkaProducer(**kafka_auth.client_kwargs(settings), acks="all",
                                         client_id=f"{settings.node_id}-rules")
             await producer.start()
             try:

@@ -94,16 +94,17 @@ class Snapshot:
     records: dict[bytes, Record]
 
 
-async def read_changelog(servers: list[str], topic: str, app_id: str, timeout: float = 30.0) -> Snapshot:
-    """Read ``topic`` from the beginning to the end offsets captured at start (no consumer group).
+async def read_changelog(kafka: dict, topic: str, app_id: str, timeout: float = 30.0) -> Snapshot:
+    """Read ``topic`` from the beginning to the end offsets captured at start (no consumer group);
+    ``kafka`` is ``kafka_auth.client_kwargs(settings)`` (brokers, TLS, SASL).
 
     Later records are ignored, so the read ends even while workers keep writing.
     Raises :class:`Unreachable` (broker down, or the read took over ``timeout`` s)
     and :class:`TopicMissing` (naming the topic, the app id, and the app ids the
     broker does have).
     """
-    where = ",".join(servers)
-    consumer = AIOKafkaConsumer(bootstrap_servers=servers, group_id=None, enable_auto_commit=False,
+    where = ",".join(kafka["bootstrap_servers"])
+    consumer = AIOKafkaConsumer(**kafka, group_id=None, enable_auto_commit=False,
                                 client_id="bucketstream-table-reader", auto_offset_reset="earliest",
                                 request_timeout_ms=max(1000, int(timeout * 1000)),
                                 # a fetch parked on the broker holds back the offset requests

@@ -56,10 +56,10 @@ class BulkStats:
                 "partitions": {str(p): v for p, v in sorted(self.partitions.items())}, "error": self.error}
 
 
-async def preload(store, topic: str, partitions: int, bootstrap_servers: list[str] | str,
+async def preload(store, topic: str, partitions: int, kafka: dict,
                   client_id: str = "bucketstream-bulk-recovery", stats: BulkStats | None = None) -> BulkStats:
     """Bring every partition store of ``store`` (a ``faust.stores.rocksdb.Store``) up to the
-    changelog's end offset, as of now.
+    changelog's end offset, as of now. ``kafka`` is ``kafka_auth.client_kwargs(settings)``.
 
     Starts each partition after the offset the store already holds (a restarted
     worker reads only what it has not seen), writes records and the new offset
@@ -71,7 +71,7 @@ async def preload(store, topic: str, partitions: int, bootstrap_servers: list[st
     stats = BulkStats() if stats is None else stats
     started = time.monotonic()
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
+        **kafka,  # kafka_auth.client_kwargs: brokers, TLS, SASL
         group_id=None,
         enable_auto_commit=False,
         client_id=client_id,

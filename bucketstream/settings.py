@@ -13,12 +13,17 @@ import math
 import re
 import socket
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "BUCKETSTREAM_"
 _BROKER_RE = re.compile(r"^kafka://[^\s:/;,]+(:\d{1,5})?(;[^\s:/;,]+(:\d{1,5})?)*$")
+
+
+#: Settings whose values are never shown (messages, logs, /stats).
+SECRETS = {ENV_PREFIX + "KAFKA_PASSWORD", ENV_PREFIX + "ADMIN_TOKEN"}
 
 
 class ConfigError(Exception):
@@ -52,6 +57,19 @@ class Settings(BaseSettings):
     hold_keys: int = Field(100_000, ge=0, description="publishing rule: keys with held-back admissions kept at most (beyond it, new keys are published); about 0.5 KB each")
     burst_cap: bool = Field(False, description="cap what one worker spends on a key before Kafka shows it: capacity/(2*(workers-1)) plus its refill share while unconfirmed; for round-robin balancing")
     log_level: str = Field("info", pattern=r"^(?i:debug|info|warning|error|critical)$", description="log level")
+    # -- Kafka security (bucketstream.kafka_auth turns these into every client's settings) ----
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="how every Kafka client connects: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512); required with SASL_*")
+    kafka_username: str | None = Field(None, description="SASL user name; required with SASL_*")
+    kafka_password: SecretStr | None = Field(None, description="SASL password (never logged); or use kafka_password_file")
+    kafka_password_file: Path | None = Field(None, description="file holding the SASL password (a trailing newline is dropped)")
+    kafka_ca_file: Path | None = Field(None, description="PEM file of the CA(s) that signed the brokers' certificates (default: the system's)")
+    kafka_cert_file: Path | None = Field(None, description="PEM client certificate, for mutual TLS (with kafka_key_file)")
+    kafka_key_file: Path | None = Field(None, description="PEM private key of kafka_cert_file (mutual TLS)")
+    kafka_check_hostname: bool = Field(True, description="check that a broker's certificate names the host connected to (TLS)")
+    admin_token: SecretStr | None = Field(None, description="bearer token GET /buckets, /stats and /metrics require (unset: open, for local use; /protected, /healthz and /readyz are always open)")
 
     @field_validator("broker")
     @classmethod
@@ -66,6 +84,47 @@ class Settings(BaseSettings):
         if not math.isfinite(value) or value <= 0:
             raise ValueError(f"must be a finite number above 0, got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _kafka_security(self) -> "Settings":
+        """The security settings that only make sense together, checked together."""
+        p = ENV_PREFIX
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        tls = self.kafka_security_protocol.endswith("SSL")
+        problems = []
+        if self.kafka_password is not None and self.kafka_password_file is not None:
+            problems.append(f"{p}KAFKA_PASSWORD and {p}KAFKA_PASSWORD_FILE are both set: use one")
+        elif self.kafka_password_file is not None:
+            try:
+                secret = self.kafka_password_file.read_text().removesuffix("\n").removesuffix("\r")
+            except OSError as exc:
+                problems.append(f"{p}KAFKA_PASSWORD_FILE: cannot read {str(self.kafka_password_file)!r}: {exc.strerror}")
+            else:
+                object.__setattr__(self, "kafka_password", SecretStr(secret))
+        if sasl:
+            for name in ("kafka_sasl_mechanism", "kafka_username", "kafka_password"):
+                if getattr(self, name) in (None, ""):
+                    problems.append(f"{p}{name.upper()}: required with {p}KAFKA_SECURITY_PROTOCOL="
+                                    f"{self.kafka_security_protocol}")
+        else:
+            for name in ("kafka_sasl_mechanism", "kafka_username", "kafka_password"):
+                if getattr(self, name) is not None:
+                    problems.append(f"{p}{name.upper()} is set but {p}KAFKA_SECURITY_PROTOCOL is "
+                                    f"{self.kafka_security_protocol}: use SASL_SSL (or SASL_PLAINTEXT)")
+        for name in ("kafka_ca_file", "kafka_cert_file", "kafka_key_file"):
+            path = getattr(self, name)
+            if path is None:
+                continue
+            if not tls:
+                problems.append(f"{p}{name.upper()} is set but {p}KAFKA_SECURITY_PROTOCOL is "
+                                f"{self.kafka_security_protocol}: use SSL or SASL_SSL")
+            elif not path.is_file():
+                problems.append(f"{p}{name.upper()}: no such file {str(path)!r}")
+        if (self.kafka_cert_file is None) != (self.kafka_key_file is None):
+            problems.append(f"{p}KAFKA_CERT_FILE and {p}KAFKA_KEY_FILE go together (mutual TLS): set both or neither")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @model_validator(mode="after")
     def _defaults(self) -> "Settings":
@@ -84,7 +143,12 @@ def load(overrides: dict | None = None) -> Settings:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            name = ENV_PREFIX + "_".join(str(p) for p in err["loc"]).upper() if err["loc"] else "configuration"
+            if not err["loc"]:  # a check of several settings: its message names them
+                problems.append(err["msg"].removeprefix("Value error, "))
+                continue
+            name = ENV_PREFIX + "_".join(str(p) for p in err["loc"]).upper()
             got = err.get("input")
+            if name in SECRETS:
+                got = None  # a secret is never echoed, not even a malformed one
             problems.append(f"{name}: {err['msg']}" + (f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""))
         raise ConfigError("bad configuration: " + "; ".join(problems)) from None

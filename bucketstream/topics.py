@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from bucketstream import kafka_auth
 from bucketstream.settings import ConfigError, Settings
 
 log = logging.getLogger(__name__)
@@ -61,13 +62,9 @@ def wanted(settings: Settings) -> list[NewTopic]:
     ]
 
 
-def bootstrap_servers(settings: Settings) -> list[str]:
-    return settings.broker.removeprefix("kafka://").split(";")
-
-
 async def ensure_topics(settings: Settings) -> None:
     """Create the app's topics if missing; fail clearly if they exist partitioned otherwise."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(settings), request_timeout_ms=30000)
+    admin = AIOKafkaAdminClient(**kafka_auth.client_kwargs(settings), request_timeout_ms=30000)
     try:
         await admin.start()
     except KafkaError as exc:

@@ -1,5 +1,12 @@
 """Web routes, registered on a Faust app for a Worker: ``POST /protected``, bucket inspection, health.
 
+Access: ``POST /protected``, ``/healthz`` and ``/readyz`` are open to whoever
+reaches the port (clients, load balancers, orchestrators). The admin views,
+``/buckets/...``, ``/stats`` and ``/metrics``, tell about any user's usage:
+with ``BUCKETSTREAM_ADMIN_TOKEN`` set they want ``Authorization: Bearer
+<token>`` (``admin_guard``) and answer 401 otherwise; unset, they are open
+(local development, and a port only a private network reaches).
+
 Handlers are thin: parse, call the limiter, map the answer to HTTP. The
 decision is local (the worker's ``limiter``): no Kafka round trip, no disk
 write, no hop to another worker. The response formatting at module level is
@@ -11,12 +18,14 @@ never a client's fault).
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import math
 import re
 import time
 from http import HTTPStatus
+from collections.abc import Callable
 from typing import NamedTuple
 
 import faust
@@ -40,6 +49,27 @@ def _json(body: dict, status: int = 200, headers: dict | None = None) -> aioweb.
 
 def error(status: int, message: str, headers: dict | None = None) -> aioweb.Response:
     return _json({"error": message}, status, headers)
+
+
+def admin_guard(token: str | None) -> Callable[[aioweb.Request], aioweb.Response | None]:
+    """``request -> None`` (let it through) or a 401 answer, for the admin views.
+
+    No token: everything passes. Otherwise the request must carry
+    ``Authorization: Bearer <token>``, compared in constant time.
+    """
+    if token is None:
+        return lambda request: None
+    wanted = token.encode()
+    challenge = {"WWW-Authenticate": 'Bearer realm="bucketstream admin"'}
+
+    def guard(request: aioweb.Request) -> aioweb.Response | None:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), wanted):
+            return None
+        what = "wrong bearer token" if scheme.lower() == "bearer" else "this path needs Authorization: Bearer <token>"
+        return error(401, what, challenge)
+
+    return guard
 
 
 def _number(x: float) -> float | int:
@@ -255,6 +285,8 @@ def register(app: faust.App, worker: Worker, table: faust.Table) -> None:
     """Add the worker's routes to ``app``'s web server, and JSON answers for every error."""
     limiter = worker.limiter
     protect = protector(worker)
+    token = worker.settings.admin_token
+    denied = admin_guard(token.get_secret_value() if token is not None else None)
 
     # POST /protected and /protected/{resource} are plain aiohttp routes on the
     # worker's own (Faust's) web server, not Faust views: Faust's View dispatch and
@@ -278,6 +310,8 @@ def register(app: faust.App, worker: Worker, table: faust.Table) -> None:
         user's terms; ``debug=1`` adds the CRDT's internals (operators, tests)."""
 
         async def get(self, request: Request, user: str) -> aioweb.Response:
+            if (refused := denied(request)) is not None:
+                return refused
             try:
                 user = check_key(user, "bucket key")
                 resource = check_resource(request.query.get("resource"))
@@ -295,6 +329,8 @@ def register(app: faust.App, worker: Worker, table: faust.Table) -> None:
         """GET /stats: what this worker holds and how far behind its replicas are (JSON)."""
 
         async def get(self, request: Request) -> aioweb.Response:
+            if (refused := denied(request)) is not None:
+                return refused
             delays = list(limiter.delays)
             ready = worker.ready()
             topic = table.changelog_topic_name
@@ -336,6 +372,8 @@ def register(app: faust.App, worker: Worker, table: faust.Table) -> None:
         """GET /metrics: Prometheus text format."""
 
         async def get(self, request: Request) -> aioweb.Response:
+            if (refused := denied(request)) is not None:
+                return refused
             body, content_type = metrics.render()
             return aioweb.Response(body=body, headers={"Content-Type": content_type})
 

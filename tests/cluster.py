@@ -21,6 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 KAFKA_SH = ROOT / "deploy" / "kafka" / "kafka.sh"
+KAFKA_SECURE_SH = ROOT / "deploy" / "kafka" / "kafka-secure.sh"
 
 
 def free_port() -> int:
@@ -98,6 +99,43 @@ class Broker:
 
 
 @dataclass
+class SecureBroker:
+    """deploy/kafka/kafka-secure.sh: a broker whose client listener is SASL_SSL (SCRAM, a local CA)."""
+
+    port: int  # the SASL_SSL listener; the internal PLAINTEXT and controller listeners use two more free ports
+    state_dir: Path
+    env: dict = field(default_factory=dict)  # the BUCKETSTREAM_* lines the script printed
+
+    def _env(self) -> dict:
+        return dict(os.environ, KAFKA_SECURE_PORT=str(self.port), KAFKA_STATE_DIR=str(self.state_dir),
+                    KAFKA_PORT=str(free_port()), KAFKA_CONTROLLER_PORT=str(free_port()))
+
+    def start(self) -> None:
+        out = subprocess.run([str(KAFKA_SECURE_SH), "start"], env=self._env(), check=True, timeout=180,
+                             capture_output=True, text=True).stdout
+        # the script's stdout is KEY=value lines (shell-quoted; ours need no quoting)
+        self.env = dict(line.split("=", 1) for line in out.strip().splitlines())
+
+    def stop(self) -> None:
+        subprocess.run([str(KAFKA_SECURE_SH), "stop"], env=self._env(), check=False, timeout=60,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    @property
+    def url(self) -> str:
+        return self.env["BUCKETSTREAM_BROKER"]
+
+    @property
+    def settings(self) -> dict:
+        """The security settings, as WorkerPool(**settings) takes them."""
+        return {k.removeprefix("BUCKETSTREAM_").lower(): v for k, v in self.env.items() if k != "BUCKETSTREAM_BROKER"}
+
+    @property
+    def other_ca(self) -> Path:
+        """A CA that did not sign the broker's certificate."""
+        return self.state_dir / "tls" / "other-ca.pem"
+
+
+@dataclass
 class Worker:
     """One ``bucketstream worker`` process."""
 
@@ -144,13 +182,19 @@ class Worker:
         finally:
             conn.close()
 
+    @property
+    def admin(self) -> dict:
+        """The headers of an admin request (/buckets, /stats, /metrics): the bearer token, if the worker has one."""
+        token = self.env.get("BUCKETSTREAM_ADMIN_TOKEN")
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
     def protected(self, user: str, path: str = "/protected"):
         status, headers, body = self.request("POST", path, {"X-User-ID": user})
         return status, headers, json.loads(body) if body else None
 
     def bucket(self, key: str) -> dict:
         """GET /buckets/{key} with the CRDT's internals (``debug=1``)."""
-        status, _, body = self.request("GET", f"/buckets/{key}{'&' if '?' in key else '?'}debug=1")
+        status, _, body = self.request("GET", f"/buckets/{key}{'&' if '?' in key else '?'}debug=1", self.admin)
         assert status == 200, body
         return json.loads(body)
 
@@ -226,7 +270,7 @@ class WorkerPool:
 
         def stable():
             live = [w for w in self.workers if w.alive]
-            stats = [json.loads(w.request("GET", "/stats", timeout=2)[2]) for w in live]
+            stats = [json.loads(w.request("GET", "/stats", w.admin, timeout=2)[2]) for w in live]
             if any(s["rebalancing"] or not s["ready"] for s in stats):
                 return False
             actives = sorted(p for s in stats for p in s["partitions"]["active"])

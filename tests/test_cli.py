@@ -101,7 +101,7 @@ def stopped_table(broker, tmp_path_factory):
         want = {key["alice"]: 5, key["bob"]: 2, key["carol"]: 1}
 
         def in_kafka():
-            snap = asyncio.run(read_changelog([broker.bootstrap], topic, pool.app_id, 10))
+            snap = asyncio.run(read_changelog({"bootstrap_servers": [broker.bootstrap]}, topic, pool.app_id, 10))
             return all(k.encode() in snap.records and crdt.decode(snap.records[k.encode()].value).consumed == n
                        for k, n in want.items())
         wait_until(in_kafka, 30, 0.2, "the changelog in Kafka holds all three buckets")

@@ -20,7 +20,7 @@ MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem not in ("__init_
 LAYERS = [
     {"settings"},
     {"crdt", "hold", "rules", "local", "spill", "validate", "simulation", "metrics", "topics", "patches", "recovery",
-     "history", "inspect"},
+     "kafka_auth", "history", "inspect"},
     {"worker"},
     {"tables", "agents", "web"},
     {"app"},
@@ -110,3 +110,43 @@ def test_only_patches_touches_a_librarys_private_names():
                 if not owner.startswith(ours):
                     found.append(f"{m}: {ast.unparse(node)}")
     assert not found, found
+
+
+#: What makes a Kafka connection; each must get its brokers, TLS and SASL from kafka_auth.
+KAFKA_CLIENTS = {"AIOKafkaConsumer", "AIOKafkaProducer", "AIOKafkaAdminClient", "AIOKafkaClient", "create_conn"}
+
+
+def _kafka_clients_without_auth(path: Path) -> list[str]:
+    """Calls of a Kafka client constructor in ``path`` that do not pass ``**kafka_auth.client_kwargs(...)``
+    (or ``**kafka``, a parameter documented as its result)."""
+    wrong = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.Call):
+            continue
+        name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+        if name not in KAFKA_CLIENTS:
+            continue
+        spread = [ast.unparse(k.value) for k in node.keywords if k.arg is None]
+        if not any(s == "kafka" or s.startswith(("kafka_auth.client_kwargs(", "client_kwargs(")) for s in spread):
+            wrong.append(f"{path.name}:{node.lineno}: {ast.unparse(node)[:80]}")
+    return wrong
+
+
+def test_every_kafka_client_connects_through_kafka_auth():
+    """A producer, consumer or admin client built without the security settings would connect in
+    PLAINTEXT to a broker that wants TLS and SASL: every one of the package's and the bench's
+    passes ``**kafka_auth.client_kwargs(settings)``; only kafka_auth's own pre-flight builds
+    a connection from its parts."""
+    files = [p for p in sorted(PACKAGE.glob("*.py")) if p.stem != "kafka_auth"]
+    files += sorted((PACKAGE.parent / "bench").glob("*.py"))
+    found = [f for p in files for f in _kafka_clients_without_auth(p)]
+    assert not found, found
+
+
+def test_the_kafka_client_check_sees_a_client_that_bypasses_kafka_auth(tmp_path):
+    code = tmp_path / "m.py"
+    code.write_text("from aiokafka import AIOKafkaProducer\n"
+                    "ok = AIOKafkaProducer(**kafka_auth.client_kwargs(settings), acks='all')\n"
+                    "bad = AIOKafkaProducer(bootstrap_servers=['127.0.0.1:9092'], acks='all')\n"
+                    "worse = aiokafka.AIOKafkaConsumer(**other_kwargs)\n")
+    assert [w.split(":")[1] for w in _kafka_clients_without_auth(code)] == ["3", "4"]

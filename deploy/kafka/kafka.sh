@@ -31,6 +31,10 @@
 #   KAFKA_PROPERTIES       ""    more server.properties, "key=value" separated by
 #                                spaces or newlines; they override the ones above
 #                                (e.g. "broker.session.timeout.ms=3000")
+#   KAFKA_PROPERTIES_FILE  ""    a file appended to server.properties as is (values with
+#                                spaces, e.g. a JAAS line); kafka-secure.sh writes one
+#   KAFKA_FORMAT_ARGS      ""    more arguments of the storage format at first start, split
+#                                on spaces (e.g. --add-scram 'SCRAM-SHA-256=[name=a,password=b]')
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -47,6 +51,8 @@ repl=${KAFKA_REPLICATION:-1}
 min_isr=${KAFKA_MIN_ISR:-$(( repl < 2 ? repl : 2 ))}
 timeout=${KAFKA_START_TIMEOUT:-90}
 extra=${KAFKA_PROPERTIES:-}
+extra_file=${KAFKA_PROPERTIES_FILE:-}
+format_args=${KAFKA_FORMAT_ARGS:-}
 
 die() { echo "kafka.sh: $*" >&2; exit 1; }
 
@@ -112,6 +118,7 @@ EOF
   for kv in $extra; do
     case "$kv" in *=*) echo "$kv" >> "$state/server.properties" ;; *) die "KAFKA_PROPERTIES: not key=value: $kv" ;; esac
   done
+  if [ -n "$extra_file" ]; then cat "$extra_file" >> "$state/server.properties"; fi
   cat > "$state/log4j.properties" <<EOF
 log4j.rootLogger=WARN, file
 log4j.logger.kafka.server.KafkaRaftServer=INFO
@@ -129,8 +136,9 @@ start() {
   local cp; cp="$(jars)/*"
   write_config
   if [ ! -f "$state/data/meta.properties" ]; then
+    local fargs; read -ra fargs <<< "$format_args"  # split on spaces, no glob ('[name=...]')
     java -cp "$cp" -Dlog4j.configuration="file:$state/log4j.properties" kafka.tools.StorageTool \
-      format -t "$cluster_id" -c "$state/server.properties" --ignore-formatted >"$state/format.log" 2>&1 \
+      format -t "$cluster_id" -c "$state/server.properties" --ignore-formatted ${fargs[@]+"${fargs[@]}"} >"$state/format.log" 2>&1 \
       || { cat "$state/format.log" >&2; die "formatting $state/data failed"; }
   fi
   # the wait below looks for "started" in a fresh log; keep the last run's
