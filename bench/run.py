@@ -400,9 +400,9 @@ class Bench:
         return last
 
     @contextlib.contextmanager
-    def fresh_worker(self, tag: str):
+    def fresh_worker(self, tag: str, **settings):
         """One new worker of a new app (fresh table, empty topics), pinned to the server's CPU."""
-        p = self.pool(tag)
+        p = self.pool(tag, **settings)
         try:
             (w,) = p.start(1)
             pin(w.proc.pid, self.server_cpus)
@@ -449,13 +449,14 @@ class Bench:
             rate = ok / 2 if ok else (failed or self.cfg.fractions[0] * base) / 4
             if self.cfg.isolate:
                 stack.close()
-                app_id, w = stack.enter_context(self.fresh_worker("memory"))
+                app_id, w = stack.enter_context(self.fresh_worker("memory", hold_share=0))
             self.phase_memory(w, rate)
             if self.cfg.profile:
                 self.profile_worker(w, rate)
 
     def phase_memory(self, w, rate: float) -> None:
-        """RSS and RocksDB growth of a fresh worker while N new users each take one token."""
+        """RSS and RocksDB growth of a fresh worker while N new users each take one token; every
+        admission published (hold_share 0): this measures a bucket in the table."""
         n = self.cfg.memory_keys
         log(f"  memory: {n:,} new users on a fresh worker, at {rate:,.0f} req/s")
         keys0 = self.table_settled(w)
