@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     max_unconfirmed_keys: int = Field(50_000, ge=1, description="back-pressure: while this worker holds this many admitted states Kafka has not shown it yet, /protected answers 503 (Retry-After: 1) for keys it holds no state of")
     cache_keys: int = Field(200_000, ge=1, description="decoded bucket states kept in memory (least recently read evicted first; a miss is one RocksDB read); about 1 KB of RSS each")
     burst_cap: bool = Field(False, description="cap what one worker spends on a key before Kafka shows it: capacity/(2*(workers-1)) plus its refill share while unconfirmed; for round-robin balancing")
+    grpc_port: int = Field(0, ge=0, le=65535, description="gRPC port of Envoy's rate limit service (v3 ShouldRateLimit) and the gRPC health service, bound on web_host; 0: off")
+    rls_domain: str = Field("bucketstream", pattern=r"^[^\x00-\x1f\x7f]{1,256}$", description="the rate limit service's domain: a request for another domain is answered OK with no limit (as Envoy's ratelimit answers an unknown domain) and counted")
+    rls_user_key: str = Field("user", pattern=r"^[^\x00-\x1f\x7f]{1,256}$", description="the descriptor entry key that names the user in rate limit service requests (the resource is the entry 'resource')")
     log_level: str = Field("info", pattern=r"^(?i:debug|info|warning|error|critical)$", description="log level")
 
     @field_validator("broker")
@@ -65,6 +68,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _defaults(self) -> "Settings":
+        if self.grpc_port and self.grpc_port == self.web_port:
+            raise ValueError(f"{ENV_PREFIX}GRPC_PORT must differ from {ENV_PREFIX}WEB_PORT (both {self.web_port})")
+        if self.rls_user_key == "resource":
+            raise ValueError(f"{ENV_PREFIX}RLS_USER_KEY cannot be 'resource': that entry names the resource")
         if not self.node_id:
             object.__setattr__(self, "node_id", f"{socket.gethostname()}-{self.web_port}")
         if self.data_dir is None:

@@ -22,7 +22,7 @@ LAYERS = [
     {"crdt", "rules", "local", "spill", "validate", "simulation", "metrics", "topics", "patches", "recovery",
      "history", "inspect"},
     {"worker"},
-    {"tables", "agents", "web"},
+    {"tables", "agents", "web", "rls"},
     {"app"},
     {"cli"},
 ]
