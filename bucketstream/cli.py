@@ -67,6 +67,9 @@ def main() -> None:
 @_option("limits", "--limits", metavar="FILE")
 @_option("burst_cap", "--burst-cap/--no-burst-cap")
 @_option("web_host", "--web-host", metavar="ADDR")
+@_option("grpc_port", "--grpc-port", type=int)
+@_option("rls_domain", "--rls-domain", metavar="DOMAIN")
+@_option("rls_user_key", "--rls-user-key", metavar="KEY")
 @_option("partitions", "--partitions", type=int)
 @_option("topic_replication", "--topic-replication", type=int)
 @_option("flush_interval", "--flush-interval", type=float, metavar="SECONDS")
@@ -77,7 +80,8 @@ def main() -> None:
 @_option("app_id", "--app-id", metavar="NAME")
 @_option("log_level", "--log-level", metavar="LEVEL")
 def worker(**options) -> None:
-    """Run one Faust worker: the bucket table, its agents and the HTTP API."""
+    """Run one Faust worker: the bucket table, its agents, the HTTP API and (with --grpc-port)
+    Envoy's rate limit service over gRPC."""
     from bucketstream import patches
     from bucketstream.app import create_app
     from bucketstream.topics import ensure_topics
