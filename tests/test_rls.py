@@ -127,10 +127,11 @@ def test_the_headers_are_those_of_protected_for_the_same_decision():
 
 # -- in-process: the service on a Worker with a fake clock, no Kafka -----------------------
 
-def serve(worker: Worker, calls):
-    """Start the gRPC server for ``worker`` on a free port, run ``calls(channel)``, stop it."""
+def serve(worker: Worker, calls, address: str | None = None):
+    """Start the gRPC server for ``worker`` (on a free port), run ``calls(channel)``, stop it."""
+    address = address or f"127.0.0.1:{free_port()}"
+
     async def main():
-        address = f"127.0.0.1:{free_port()}"
         server, health = rls.build_server(worker, address)
         await server.start()
         try:
@@ -359,3 +360,21 @@ def test_two_workers_share_the_bucket(pool):
     answers = [rls_call(b.grpc_port, request(descriptor(user="shared"))) for _ in range(5)]
     assert [x.overall_code for x in answers] == [OK] * 4 + [OVER_LIMIT]
     assert [x.statuses[0].limit_remaining for x in answers] == [3, 2, 1, 0, 0]
+
+
+def test_the_readmes_python_example_prints_what_it_says(capsys):
+    """The README's snippet, run as written against a worker at capacity 10, rate 1."""
+    from pathlib import Path
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("From Python, with the upstream stubs", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    code, expected = block.rsplit("# ", 1)
+    clock = Clock()
+    w = ready_worker(clock, capacity=10, rate=1)
+
+    address = f"127.0.0.1:{free_port()}"
+
+    async def calls(channel):
+        await asyncio.get_running_loop().run_in_executor(None, exec, code.replace("127.0.0.1:7066", address), {})
+
+    serve(w, calls, address)
+    assert capsys.readouterr().out.strip() == expected.strip()
