@@ -237,10 +237,12 @@ def test_a_cost_above_capacity_is_over_limit_forever_with_no_retry_after():
 
     async def calls(channel):
         return await should(channel, request(descriptor(user="a", hits=11))), \
+            await should(channel, request(descriptor(user="a", hits=2**64 - 1))), \
             await should(channel, request(descriptor(user="a"), hits=10))
 
-    big, exact = serve(w, calls)
+    big, huge, exact = serve(w, calls)
     assert big.overall_code == OVER_LIMIT and big.statuses[0].limit_remaining == 10
+    assert huge.overall_code == OVER_LIMIT and huge.statuses[0].limit_remaining == 10
     assert all(k != "Retry-After" for k, _ in headers_of(big))
     assert exact.overall_code == OK and exact.statuses[0].limit_remaining == 0
 
