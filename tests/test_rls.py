@@ -380,3 +380,15 @@ def test_the_readmes_python_example_prints_what_it_says(capsys):
 
     serve(w, calls, address)
     assert capsys.readouterr().out.strip() == expected.strip()
+
+
+@pytest.mark.parametrize("overrides, problem", [
+    ({"grpc_port": 70000}, "BUCKETSTREAM_GRPC_PORT: Input should be less than or equal to 65535"),
+    ({"grpc_port": 6066, "web_port": 6066}, "BUCKETSTREAM_GRPC_PORT must differ from BUCKETSTREAM_WEB_PORT"),
+    ({"rls_domain": ""}, "BUCKETSTREAM_RLS_DOMAIN: String should match pattern"),
+    ({"rls_user_key": "resource"}, "BUCKETSTREAM_RLS_USER_KEY cannot be 'resource'"),
+])
+def test_bad_rls_settings_are_named(overrides, problem):
+    from bucketstream.settings import ConfigError, load
+    with pytest.raises(ConfigError, match=problem):
+        load(overrides)
