@@ -31,7 +31,7 @@ The mapping (the README's "Envoy" section shows it in use):
   ``response_headers_to_add`` carries ``RateLimit-Policy`` and ``RateLimit``
   per descriptor, as ``web.decision_response`` writes them, and
   ``Retry-After`` (the longest wait among the refused descriptors).
-* Every descriptor is checked before any is charged: no descriptors, a
+* Every descriptor is checked before any is charged: no domain, no descriptors, a
   descriptor without a user entry, an entry given twice, a bad user or
   resource name (``validate``), a resource the limits file has no rule for:
   ``INVALID_ARGUMENT`` naming the descriptor and the problem, nothing charged.
@@ -101,6 +101,8 @@ def parse(request: rls_pb2.RateLimitRequest, domain: str, user_key: str) -> list
     """(user, resource, cost) for each descriptor of ``request``; None for another domain;
     InvalidArgument naming the first descriptor and entry that is wrong."""
     descriptors = request.descriptors
+    if not request.domain:  # Envoy's ratelimit refuses both with an error too
+        raise InvalidArgument("the request has no domain")
     if not descriptors:
         raise InvalidArgument("the request has no descriptors")
     if request.domain != domain:

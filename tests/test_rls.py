@@ -78,6 +78,7 @@ def test_another_domain_is_not_parsed():
 @pytest.mark.parametrize("req, problem", [
     (request(), "the request has no descriptors"),
     (request(domain="other"), "the request has no descriptors"),
+    (request(descriptor(user="a"), domain=""), "the request has no domain"),
     (request(descriptor(user="a"), descriptor(resource="search")), "descriptor 1: no 'user' entry"),
     (request(descriptor()), "descriptor 0: no 'user' entry"),
     (request(RateLimitDescriptor(
@@ -255,6 +256,7 @@ def test_every_bad_input_is_invalid_argument_and_charges_nothing(tmp_path):
     good = descriptor(user="a")
     bad = [
         (request(), "the request has no descriptors"),
+        (request(good, domain=""), "the request has no domain"),
         (request(good, descriptor(resource="search")), "descriptor 1: no 'user' entry (it names the user)"),
         (request(good, descriptor(user="")), "descriptor 1: entry 'user' is empty"),
         (request(good, descriptor(user="a\x7f")), "descriptor 1: entry 'user' contains control characters"),
