@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench import profile, scaleout, soak
+from bench import grpcload, profile, scaleout, soak
 
 #: (target, scenario, label) of the rows compared with the ceiling, in table order.
 SYSTEMS = [
@@ -448,6 +448,7 @@ def markdown(results: dict) -> str:
                 f"{rec['key_bytes']:.0f} + {rec['value_bytes']:.0f} |", "",
                 "Realistic states (1-3 node counters, 63-bit slots, wasted register) written straight to "
                 "`<app_id>-buckets-changelog`; one worker with a new data directory, timed from process start.", ""]
+    out += grpcload.markdown(results)
     out += scaleout.markdown(results)
     out += soak.markdown(results)
     if results["profiles"]:

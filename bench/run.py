@@ -6,6 +6,9 @@ Phases, in order (each starts and stops its own processes):
 2. ``redis``: the same aiohttp app deciding through Redis (Lua token bucket).
 3. ``worker``: one bucketstream worker: unique users and one hot user, Kafka
    messages per request, memory per bucket, and (``--profile``) py-spy profiles.
+   ``rls``: one worker's Envoy rate limit service (gRPC, ghz) beside its own
+   ``POST /protected`` (wrk), one hot user, in the same run; unique users; p99
+   at half load (``bench.grpcload``).
 4. ``replication``: three workers under load, replication delay from ``/stats``.
 5. ``recovery``: N keys written straight to the table changelog, then a fresh
    worker's time from process start to ``/readyz`` 200.
@@ -48,7 +51,7 @@ from bench.tools import (BenchError, Procs, cpu_seconds, cpu_sets, dir_bytes, en
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "results"
-PHASES = ("ceiling", "redis", "worker", "replication", "scaleout", "recovery", "soak")
+PHASES = ("ceiling", "redis", "worker", "rls", "replication", "scaleout", "recovery", "soak")
 
 #: A fixed-load run after which a worker's Kafka writes go on longer than this (s) was not sustainable.
 BACKLOG_SECONDS = 3.0
@@ -454,6 +457,59 @@ class Bench:
             if self.cfg.profile:
                 self.profile_worker(w, rate)
 
+    def phase_rls(self) -> None:
+        """Envoy's rate limit service on one fresh worker, beside the same worker's POST /protected."""
+        from bench import grpcload
+        from tests.cluster import free_port
+
+        log("phase rls: Envoy's rate limit service (gRPC ShouldRateLimit, ghz) beside POST /protected, one worker")
+        try:
+            binary = grpcload.build_ghz()
+        except RuntimeError as exc:
+            log(f"  skipped: {exc}")
+            self.results["rls"] = {"skipped": str(exc)}
+            return
+        protoset = grpcload.write_protoset(self.work / "rls.protoset")
+        shape = {"concurrency": self.cfg.connections, "connections": 4}
+        grpc_port = free_port()
+        p = self.pool("rls", grpc_port=grpc_port)
+
+        def rls(scenario: str, duration: float | None = None, rate: float = 0.0) -> "grpcload.Run":
+            run = grpcload.ghz(binary, protoset, grpc_port, scenario, duration or self.cfg.duration,
+                               self.prefix("rls"), rate=rate, cpus=self.gen_cpus, **shape)
+            state = " SATURATED" if run.saturated else ""
+            offered = f"offered {rate:,.0f}/s, " if rate else ""
+            log(f"  {'rls':12s} {scenario:6s} {offered}got {run.rps:8,.0f} calls/s  p50 {run.p50_ms or 0:7.2f} ms  "
+                f"p99 {run.p99_ms or 0:7.2f} ms  errors {run.errors}{state}")
+            return run
+
+        def median(runs):
+            return sorted(runs, key=lambda r: r.rps)[len(runs) // 2]
+
+        try:
+            (w,) = p.start(1)
+            pin(w.proc.pid, self.server_cpus)
+            self.warm(w.port, "bucketstream")
+            if self.cfg.warmup > 0:
+                rls("hot", duration=self.cfg.warmup)
+            self.settle(w)
+            repeats = max(1, self.cfg.repeats)
+            protected = median([self.wrk(w.port, "bucketstream", "hot", record=False) for _ in range(repeats)])
+            hot = median([rls("hot") for _ in range(repeats)])
+            unique = rls("unique")
+            self.settle(w, timeout=self.cfg.drain_timeout)
+            half = rls("hot", rate=hot.rps / 2)
+            self.results["rls"] = {
+                "protected_hot": {"offered": 0, "rps": protected.rps, "p50_ms": protected.p50_ms,
+                                  "p99_ms": protected.p99_ms, "errors": protected.errors},
+                "rls_hot": hot.as_dict(), "rls_unique": unique.as_dict(), "rls_half": half.as_dict(),
+                "ghz": {"binary": binary, **shape},
+            }
+            log(f"  RLS / /protected, one hot user: {hot.rps:,.0f} / {protected.rps:,.0f} = "
+                f"{hot.rps / protected.rps:.2f}x; p99 at half load ({half.offered:,.0f}/s) {half.p99_ms or 0:.2f} ms")
+        finally:
+            self.stop_pool(p)
+
     def phase_memory(self, w, rate: float) -> None:
         """RSS and RocksDB growth of a fresh worker while N new users each take one token; every
         admission published (hold_share 0): this measures a bucket in the table."""
@@ -626,7 +682,8 @@ class Bench:
         self.results["config"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.__dict__.items()}
         log(f"load average at start: {self.results['meta']['load_start']}")
         try:
-            need_broker = any(ph in cfg.phases for ph in ("worker", "replication", "scaleout", "recovery", "soak"))
+            need_broker = any(ph in cfg.phases for ph in ("worker", "rls", "replication", "scaleout", "recovery",
+                                                          "soak"))
             if need_broker and cfg.smoke:
                 # timing does not matter in a smoke run: start the broker while phases 1-2 run
                 self._broker_future = concurrent.futures.ThreadPoolExecutor(1).submit(self.start_broker)
@@ -640,6 +697,8 @@ class Bench:
                 self.start_broker()
             if "worker" in cfg.phases:
                 self.phase_worker()
+            if "rls" in cfg.phases:
+                self.phase_rls()
             if "replication" in cfg.phases:
                 self.phase_replication()
             if "scaleout" in cfg.phases:

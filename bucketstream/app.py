@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import faust
 
-from bucketstream import agents, kafka_auth, patches, recovery, tables, web
+from bucketstream import agents, kafka_auth, patches, recovery, rls, tables, web
 from bucketstream.history import sync_history
 from bucketstream.settings import Settings, load
 from bucketstream.worker import Worker
@@ -94,6 +94,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Bu
     app.bucket_table = tables.register(app, worker)
     app.bucket_agents = agents.register(app, worker, app.bucket_table)
     web.register(app, worker, app.bucket_table)
+    rls.register(app, worker)
     return app
 
 

@@ -89,6 +89,9 @@ def main() -> None:
 @_option("hold_floor", "--hold-floor", type=float, metavar="SHARE")
 @_option("hold_keys", "--hold-keys", type=int, metavar="N")
 @_option("web_host", "--web-host", metavar="ADDR")
+@_option("grpc_port", "--grpc-port", type=int)
+@_option("rls_domain", "--rls-domain", metavar="DOMAIN")
+@_option("rls_user_key", "--rls-user-key", metavar="KEY")
 @_option("partitions", "--partitions", type=int)
 @_option("topic_replication", "--topic-replication", type=int)
 @_option("flush_interval", "--flush-interval", type=float, metavar="SECONDS")
@@ -101,7 +104,8 @@ def main() -> None:
 @_option("admin_token", "--admin-token", metavar="TOKEN")
 @_kafka_security_options
 def worker(**options) -> None:
-    """Run one Faust worker: the bucket table, its agents and the HTTP API."""
+    """Run one Faust worker: the bucket table, its agents, the HTTP API and (with --grpc-port)
+    Envoy's rate limit service over gRPC."""
     from bucketstream import kafka_auth, patches
     from bucketstream.app import create_app
     from bucketstream.topics import ensure_topics

@@ -17,24 +17,26 @@ from prometheus_client.metrics_core import CounterMetricFamily
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
-#: decisions on /protected: (policy, outcome) -> count, since the worker started
-_decisions: dict[tuple[str, str], int] = {}
+#: decisions: (policy, outcome, protocol) -> count, since the worker started
+_decisions: dict[tuple[str, str, str], int] = {}
 
 
 class _DecisionCollector:
     def describe(self):
-        return [CounterMetricFamily("bucketstream_decisions", _DECISIONS_HELP, labels=["policy", "outcome"])]
+        return [CounterMetricFamily("bucketstream_decisions", _DECISIONS_HELP, labels=_DECISION_LABELS)]
 
     def collect(self):
-        family = CounterMetricFamily("bucketstream_decisions", _DECISIONS_HELP, labels=["policy", "outcome"])
-        for (policy, outcome), n in list(_decisions.items()):
-            family.add_metric([policy, outcome], n)
+        family = CounterMetricFamily("bucketstream_decisions", _DECISIONS_HELP, labels=_DECISION_LABELS)
+        for labels, n in list(_decisions.items()):
+            family.add_metric(labels, n)
         yield family
 
 
-_DECISIONS_HELP = ("Decisions on /protected by policy and outcome "
-                   "(allowed, refused, shadow_refused: refused by a shadow rule but let through, "
-                   "overloaded: a new key answered 503 while too many admissions wait for Kafka)")
+_DECISION_LABELS = ["policy", "outcome", "protocol"]
+_DECISIONS_HELP = ("Decisions by policy, outcome and protocol (http: POST /protected, rls: Envoy's rate limit "
+                   "service over gRPC, one per descriptor); outcomes: allowed, refused, shadow_refused: refused "
+                   "by a shadow rule but let through, overloaded: a new key answered 503 (rls: UNAVAILABLE) "
+                   "while too many admissions wait for Kafka")
 REGISTRY.register(_DecisionCollector())
 
 #: the decision-latency histogram observes one decision in this many (web.protect)
@@ -65,6 +67,10 @@ LOOP_LAG = Histogram("bucketstream_event_loop_lag_seconds",
 GC_PAUSE = Histogram("bucketstream_gc_pause_seconds", "Garbage-collector passes, by generation (2 = full)",
                      ["generation"], buckets=(0.0005, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5),
                      registry=REGISTRY)
+RLS_NOT_DECIDED = Counter("bucketstream_rls_not_decided",
+                          "Rate limit service calls answered without a decision, by reason (unknown_domain: "
+                          "another domain, answered OK with no limit as Envoy's ratelimit does; "
+                          "invalid_argument; unavailable: not ready or stopping)", ["reason"], registry=REGISTRY)
 KEYS = Gauge("bucketstream_keys", "Keys held, by kind (own_unreflected: own states waiting for Kafka, cached: "
              "decoded replica states, held: keys with admissions kept unpublished)", ["kind"], registry=REGISTRY)
 HELD = Gauge("bucketstream_admissions_held", "Admissions this worker kept to itself since it started, far from "
@@ -86,8 +92,8 @@ def time_gc() -> None:
     gc.callbacks.append(callback)
 
 
-def decision(policy: str, outcome: str) -> None:
-    key = (policy, outcome)
+def decision(policy: str, outcome: str, protocol: str = "http") -> None:
+    key = (policy, outcome, protocol)
     _decisions[key] = _decisions.get(key, 0) + 1
 
 

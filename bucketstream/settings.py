@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     hold_floor: float = Field(0.5, ge=0, le=1, description="publishing rule: a worker keeps an admission to itself only while its view of the bucket keeps this share of the capacity")
     hold_keys: int = Field(100_000, ge=0, description="publishing rule: keys with held-back admissions kept at most (beyond it, new keys are published); about 0.5 KB each")
     burst_cap: bool = Field(False, description="cap what one worker spends on a key before Kafka shows it: capacity/(2*(workers-1)) plus its refill share while unconfirmed; for round-robin balancing")
+    grpc_port: int = Field(0, ge=0, le=65535, description="gRPC port of Envoy's rate limit service (v3 ShouldRateLimit) and the gRPC health service, bound on web_host; 0: off")
+    rls_domain: str = Field("bucketstream", pattern=r"^[^\x00-\x1f\x7f]{1,256}$", description="the rate limit service's domain: a request for another domain is answered OK with no limit (as Envoy's ratelimit answers an unknown domain) and counted")
+    rls_user_key: str = Field("user", pattern=r"^[^\x00-\x1f\x7f]{1,256}$", description="the descriptor entry key that names the user in rate limit service requests (the resource is the entry 'resource')")
     log_level: str = Field("info", pattern=r"^(?i:debug|info|warning|error|critical)$", description="log level")
     # -- Kafka security (bucketstream.kafka_auth turns these into every client's settings) ----
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
@@ -128,6 +131,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _defaults(self) -> "Settings":
+        if self.grpc_port and self.grpc_port == self.web_port:
+            raise ValueError(f"{ENV_PREFIX}GRPC_PORT must differ from {ENV_PREFIX}WEB_PORT (both {self.web_port})")
+        if self.rls_user_key == "resource":
+            raise ValueError(f"{ENV_PREFIX}RLS_USER_KEY cannot be 'resource': that entry names the resource")
         if not self.node_id:
             object.__setattr__(self, "node_id", f"{socket.gethostname()}-{self.web_port}")
         if self.data_dir is None:

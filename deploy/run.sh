@@ -29,11 +29,13 @@ cleanup() {
 }
 trap cleanup INT TERM EXIT
 
+# each worker also serves Envoy's rate limit service (gRPC) on its web port + GRPC_OFFSET
+GRPC_OFFSET=${BUCKETSTREAM_RUN_GRPC_OFFSET:-1000}
 for port in $PORTS; do
-  "$BIN" worker --web-port "$port" --broker "kafka://127.0.0.1:${KAFKA_PORT:-9092}" \
+  "$BIN" worker --web-port "$port" --grpc-port "$((port + GRPC_OFFSET))" --broker "kafka://127.0.0.1:${KAFKA_PORT:-9092}" \
     --data-dir ".run/worker-$port" --node-id "worker-$port" >".run/worker-$port.log" 2>&1 &
   pids+=($!)
-  echo "run: worker on http://127.0.0.1:$port (pid $!, log .run/worker-$port.log)"
+  echo "run: worker on http://127.0.0.1:$port, rate limit service (gRPC) on 127.0.0.1:$((port + GRPC_OFFSET)) (pid $!, log .run/worker-$port.log)"
 done
 
 for port in $PORTS; do
@@ -51,6 +53,10 @@ bucketstream is up. Try:
 
   for i in \$(seq 12); do curl -s -o /dev/null -w '%{http_code} ' -X POST localhost:$first/protected -H 'X-User-ID: alice'; done; echo
   curl -s localhost:$first/buckets/alice
+
+Envoy's rate limit service (domain bucketstream, descriptor entry user=...) on 127.0.0.1:$((first + GRPC_OFFSET)):
+
+  .venv/bin/python -c 'import grpc; from envoy.service.ratelimit.v3 import rls_pb2 as r, rls_pb2_grpc as g; from envoy.extensions.common.ratelimit.v3.ratelimit_pb2 import RateLimitDescriptor as D; print(g.RateLimitServiceStub(grpc.insecure_channel("127.0.0.1:$((first + GRPC_OFFSET))")).ShouldRateLimit(r.RateLimitRequest(domain="bucketstream", descriptors=[D(entries=[D.Entry(key="user", value="alice")])])))'
 
 Ctrl-C stops the workers$( [ "$started_broker" = 1 ] && echo " and the broker").
 EOT

@@ -254,8 +254,8 @@ def test_shadow_rule_counts_but_never_refuses(worker):
     status, _, text = worker.request("GET", "/metrics")
     assert status == 200
     text = text.decode()
-    assert 'bucketstream_decisions_total{outcome="shadow_refused",policy="upload"} 3.0' in text
-    assert 'bucketstream_decisions_total{outcome="allowed",policy="upload"} 1.0' in text
+    assert 'bucketstream_decisions_total{outcome="shadow_refused",policy="upload",protocol="http"} 3.0' in text
+    assert 'bucketstream_decisions_total{outcome="allowed",policy="upload",protocol="http"} 1.0' in text
 
 
 @pytest.mark.broker
@@ -355,7 +355,7 @@ def test_health_readiness_and_metrics(worker):
     worker.protected("frank")
     status, headers, text = worker.request("GET", "/metrics")
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
-    assert b'bucketstream_decisions_total{outcome="allowed",policy="default"} 1.0' in text
+    assert b'bucketstream_decisions_total{outcome="allowed",policy="default",protocol="http"} 1.0' in text
     assert b"sampled: 1 decision in 16" in text
     for name in ["bucketstream_decisions_total", "bucketstream_decision_seconds_bucket",
                  "bucketstream_deltas_flushed_total", "bucketstream_updates_merged_total",
@@ -390,4 +390,4 @@ def test_back_pressure_503_for_new_keys_while_kafka_has_not_confirmed(pool, brok
                "the backlog confirmed")
     assert w.protected("new-9")[0] == 200
     metrics = w.request("GET", "/metrics")[2].decode()
-    assert 'bucketstream_decisions_total{outcome="overloaded",policy="default"} 2.0' in metrics
+    assert 'bucketstream_decisions_total{outcome="overloaded",policy="default",protocol="http"} 2.0' in metrics

@@ -22,7 +22,7 @@ LAYERS = [
     {"crdt", "hold", "rules", "local", "spill", "validate", "simulation", "metrics", "topics", "patches", "recovery",
      "kafka_auth", "history", "inspect"},
     {"worker"},
-    {"tables", "agents", "web"},
+    {"tables", "agents", "web", "rls"},
     {"app"},
     {"cli"},
 ]

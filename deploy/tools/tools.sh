@@ -3,6 +3,7 @@
 #
 #   tools.sh build    build what is missing; print one KEY=path line per tool
 #   tools.sh env      the same lines, building nothing (a tool not built yet is left out)
+#   tools.sh ghz      build ghz if missing; print its path
 #
 # - compose-config (deploy/tools/compose-config): the Compose Specification's
 #   reference loader (compose-go, the library inside `docker compose`), for
@@ -12,6 +13,9 @@
 #   (Prometheus 3.5.0 is Go module v0.305.0), so the config and the dashboard's
 #   PromQL are checked by the parser that will run them. Pinned by
 #   deploy/tools/promtool/go.mod and go.sum.
+# - ghz (deploy/tools/ghz): the gRPC load generator of the bench's rls phase
+#   (Envoy's rate limit service); built only by `tools.sh ghz`, which prints
+#   its path. Pinned by its go.mod and go.sum.
 #
 # A binary is named after the hash of its module's files: an edit rebuilds it.
 #
@@ -25,6 +29,7 @@ shopt -s nullglob
 sources_hash() { cat "$here/$1"/go.mod "$here/$1"/go.sum "$here/$1"/*.go | cksum | cut -d' ' -f1; }
 compose_bin=$dir/compose-config-$(sources_hash compose-config)
 prom_bin=$dir/promtool-$(sources_hash promtool)
+ghz_bin=$dir/ghz-$(sources_hash ghz)
 
 die() { echo "tools.sh: $*" >&2; exit 1; }
 
@@ -42,6 +47,16 @@ build() {
   fi
 }
 
+build_ghz() {
+  command -v go >/dev/null 2>&1 || die "go not found: the bench's rls phase needs Go 1.24 or newer to build ghz (Debian: apt-get install golang)"
+  mkdir -p "$dir"
+  if [ ! -x "$ghz_bin" ]; then
+    echo "tools.sh: building ghz (the gRPC load generator) into $dir" >&2
+    (cd "$here/ghz" && go build -trimpath -o "$ghz_bin.tmp" github.com/bojand/ghz/cmd/ghz) && mv "$ghz_bin.tmp" "$ghz_bin"
+  fi
+  echo "$ghz_bin"
+}
+
 print() {
   [ -x "$compose_bin" ] && echo "COMPOSE_CONFIG=$compose_bin"
   [ -x "$prom_bin" ] && echo "PROMTOOL=$prom_bin"
@@ -51,5 +66,6 @@ print() {
 case "${1:-}" in
   build) build; print ;;
   env) print ;;
-  *) die "usage: tools.sh build|env" ;;
+  ghz) build_ghz ;;
+  *) die "usage: tools.sh build|env|ghz" ;;
 esac
