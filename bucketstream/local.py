@@ -29,7 +29,9 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import NamedTuple
 
-from bucketstream.crdt import BucketState, CodecError, Decision, Rule, decode, encode, join, leq, tokens, try_consume
+from bucketstream.crdt import (
+    BucketState, CodecError, Decision, Rule, debit, decode, encode, join, leq, tokens, try_consume,
+)
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +143,23 @@ class Limiter:
             if key not in self._dirty:
                 self._dirty[key] = now
         return decision
+
+    def report(self, key: bytes, rule: Rule, slot: int, now: float, cost: int) -> tuple[float, bool]:
+        """Charge a report of ``cost`` tokens, unconditionally, in its own ``slot``
+        (``crdt.report_slot`` of its id); returns (tokens left, whether it was a duplicate).
+
+        Published like an admission (the key becomes dirty); a duplicate this worker
+        already knows of changes nothing. ``crdt.ReportConflict`` if the slot holds
+        another cost.
+        """
+        view = self.view(key)
+        new = debit(view, rule, slot, now, cost)
+        if new is view:
+            return tokens(view, rule, now), True
+        self._own[key] = new
+        if key not in self._dirty:
+            self._dirty[key] = now
+        return tokens(new, rule, now), False
 
     def burst_cap(self, rule: Rule, unconfirmed_for: float = 0.0) -> float:
         """How much this worker may spend on one key before Kafka shows it that spending.

@@ -32,9 +32,10 @@ class _DecisionCollector:
         yield family
 
 
-_DECISIONS_HELP = ("Decisions on /protected by policy and outcome "
+_DECISIONS_HELP = ("Decisions on /protected and /report by policy and outcome "
                    "(allowed, refused, shadow_refused: refused by a shadow rule but let through, "
-                   "overloaded: a new key answered 503 while too many admissions wait for Kafka)")
+                   "overloaded: a new key answered 503 while too many admissions wait for Kafka, "
+                   "reported: a report charged, report_duplicate: a report already charged)")
 REGISTRY.register(_DecisionCollector())
 
 #: the decision-latency histogram observes one decision in this many (web.protect)

@@ -26,7 +26,7 @@ from faust.web import Request, View
 
 from bucketstream import crdt, metrics, patches
 from bucketstream.rules import Policy, Rules, UnknownResource
-from bucketstream.validate import BadRequest, check_key, check_resource, parse_user
+from bucketstream.validate import BadRequest, check_key, check_resource, parse_cost, parse_report_id, parse_user
 from bucketstream.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,11 @@ def decision_response(decision: crdt.Decision, policy: Policy, shadow_refused: b
     return _Response(body=f'{head}, "retry_after": {retry}}}'.encode(), status=429, headers=headers)
 
 
+def cost_too_big(cost: int, policy: Policy) -> str:
+    return (f"X-Cost {cost} is more than policy {policy.name!r} can ever grant "
+            f"(capacity {_number(policy.rule.capacity)})")
+
+
 def not_ready(worker: Worker) -> aioweb.Response:
     if worker.stopping:
         return error(503, "this worker is stopping; try another one", {"Retry-After": "1"})
@@ -149,10 +154,13 @@ def protector(worker: Worker):
 
     def protect(request, resource: str | None) -> aioweb.Response:
         nonlocal tick
+        headers = request.headers
         try:
-            user = parse_user(request.headers)
+            user = parse_user(headers)
             if resource is not None:
                 resource = check_resource(resource)
+            # X-Cost: absent on the default path, which pays one dict lookup for it
+            cost = 1 if headers.get("X-Cost") is None else parse_cost(headers)
         except BadRequest as exc:
             metrics.BAD_REQUESTS.labels("bad_request").inc()
             return error(400, str(exc))
@@ -161,6 +169,9 @@ def protector(worker: Worker):
         except UnknownResource:
             metrics.BAD_REQUESTS.labels("unknown_resource").inc()
             return error(404, f"no rule for resource {resource!r}")
+        if cost != 1 and cost > policy.rule.capacity:
+            metrics.BAD_REQUESTS.labels("bad_request").inc()
+            return error(400, cost_too_big(cost, policy))
         if not ready():
             return not_ready(worker)
         key = Rules.key(policy, user, resource)
@@ -169,10 +180,10 @@ def protector(worker: Worker):
             return overloaded()
         tick += 1
         if tick % DECISION_SAMPLE:
-            answer = decide(key, policy.rule, clock(), capped=capped)
+            answer = decide(key, policy.rule, clock(), cost, capped)
         else:
             started = perf_counter()
-            answer = decide(key, policy.rule, clock(), capped=capped)
+            answer = decide(key, policy.rule, clock(), cost, capped)
             observe(perf_counter() - started)
         if answer.allowed:
             decision(policy.name, "allowed")
@@ -184,6 +195,75 @@ def protector(worker: Worker):
         return decision_response(answer, policy)
 
     return protect
+
+
+def report_response(policy: Policy, left: float, cost: int, duplicate: bool, report_id: str) -> aioweb.Response:
+    """200 after a report: the bucket's level now (``tokens`` is negative in debt) and the
+    RateLimit headers, as for a decision."""
+    f = _format(policy)
+    remaining = max(0, _floor(left))
+    reset = max(0, _ceil((f.capacity - left) / f.rate))
+    headers = {"RateLimit-Policy": f.policy_header, "RateLimit": f"{f.ratelimit_prefix}{remaining};t={reset}"}
+    return _json({"charged": cost, "duplicate": duplicate, "report_id": report_id, "tokens": left,
+                  "remaining": remaining, "limit": _number(f.capacity), "reset": reset, "policy": policy.name},
+                 headers=headers)
+
+
+def reporter(worker: Worker):
+    """``report(request, resource)``: charge a cost known after the response, once per id."""
+    rules, limiter, ready, clock = worker.rules, worker.limiter, worker.ready, worker.clock
+
+    def report(request, resource: str | None) -> aioweb.Response:
+        headers = request.headers
+        try:
+            user = parse_user(headers)
+            if resource is not None:
+                resource = check_resource(resource)
+            if headers.get("X-Cost") is None:
+                raise BadRequest("missing X-Cost header (the tokens this report charges)")
+            cost = parse_cost(headers)
+            report_id = parse_report_id(headers)
+        except BadRequest as exc:
+            metrics.BAD_REQUESTS.labels("bad_request").inc()
+            return error(400, str(exc))
+        try:
+            policy = rules.policy(user, resource)
+        except UnknownResource:
+            metrics.BAD_REQUESTS.labels("unknown_resource").inc()
+            return error(404, f"no rule for resource {resource!r}")
+        if not ready():
+            return not_ready(worker)
+        key = Rules.key(policy, user, resource)
+        if not limiter.accepts(key):
+            metrics.decision(policy.name, "overloaded")
+            return overloaded()
+        try:
+            left, duplicate = limiter.report(key, policy.rule, crdt.report_slot(report_id), clock(), cost)
+        except crdt.ReportConflict as exc:
+            metrics.BAD_REQUESTS.labels("report_conflict").inc()
+            return error(409, f"report {report_id!r} was already charged {exc.have} tokens, not {cost}")
+        metrics.decision(policy.name, "report_duplicate" if duplicate else "reported")
+        return report_response(policy, left, cost, duplicate, report_id)
+
+    return report
+
+
+def peek(worker: Worker, user: str, resource: str | None) -> dict:
+    """Every limit that applies to ``user`` (and ``resource``), in the user's terms; spends nothing."""
+    policy = worker.rules.policy(user, resource)
+    now = worker.clock()
+    rule = policy.rule
+    left = crdt.tokens(worker.limiter.view(Rules.key(policy, user, resource)), rule, now)
+    limits = [{
+        "policy": policy.name,
+        "tokens": left,
+        "remaining": max(0, _floor(left)),
+        "capacity": _number(rule.capacity),
+        "rate": _number(rule.rate),
+        "seconds_until_full": max(0.0, (rule.capacity - left) / rule.rate),
+        "shadow": policy.shadow,
+    }]
+    return {"user": user, "resource": resource, "limits": limits}
 
 
 def bucket_view(worker: Worker, table: faust.Table, app: faust.App, user: str, resource: str | None,
@@ -266,9 +346,35 @@ def register(app: faust.App, worker: Worker, table: faust.Table) -> None:
         """POST /protected/{resource}: one token from the caller's bucket for that resource."""
         return protect(request, request.match_info["resource"])
 
+    report = reporter(worker)
+
+    async def reported(request: aioweb.Request) -> aioweb.Response:
+        """POST /report: charge X-Cost tokens to the caller's default bucket, once per X-Report-ID."""
+        return report(request, None)
+
+    async def reported_resource(request: aioweb.Request) -> aioweb.Response:
+        """POST /report/{resource}: the same, to the caller's bucket for that resource."""
+        return report(request, request.match_info["resource"])
+
     router = app.web.web_app.router
     router.add_post("/protected", protected)
     router.add_post("/protected/{resource}", protected_resource)
+    router.add_post("/report", reported)
+    router.add_post("/report/{resource}", reported_resource)
+
+    @app.page("/limits/{user}")
+    class Limits(View):
+        """GET /limits/{user}[?resource=R]: how much is left, for every limit that applies; spends nothing."""
+
+        async def get(self, request: Request, user: str) -> aioweb.Response:
+            try:
+                user = check_key(user, "user")
+                resource = check_resource(request.query.get("resource"))
+                return _json(peek(worker, user, resource))
+            except BadRequest as exc:
+                return error(400, str(exc))
+            except UnknownResource:
+                return error(404, f"no rule for resource {resource!r}")
 
     @app.page("/buckets/{user}")
     class BucketView(View):
