@@ -35,7 +35,8 @@ class _DecisionCollector:
 _DECISIONS_HELP = ("Decisions on /protected and /report by policy and outcome "
                    "(allowed, refused, shadow_refused: refused by a shadow rule but let through, "
                    "overloaded: a new key answered 503 while too many admissions wait for Kafka, "
-                   "reported: a report charged, report_duplicate: a report already charged)")
+                   "reported: a report charged, report_duplicate: a report already charged, "
+                   "not_charged: a limit that would admit, of a request another limit of its rule refused)")
 REGISTRY.register(_DecisionCollector())
 
 #: the decision-latency histogram observes one decision in this many (web.protect)

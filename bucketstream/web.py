@@ -172,6 +172,8 @@ def protector(worker: Worker):
         if cost != 1 and cost > policy.rule.capacity:
             metrics.BAD_REQUESTS.labels("bad_request").inc()
             return error(400, cost_too_big(cost, policy))
+        if policy.also:
+            return protect_all(user, resource, policy.limits, cost)
         if not ready():
             return not_ready(worker)
         key = Rules.key(policy, user, resource)
@@ -194,19 +196,95 @@ def protector(worker: Worker):
         decision(policy.name, "refused")
         return decision_response(answer, policy)
 
+    decide_all = limiter.decide_all
+
+    def protect_all(user: str, resource: str | None, limits: tuple[Policy, ...], cost: int) -> aioweb.Response:
+        """A rule with several limits: admitted only if every limit admits; then all are charged."""
+        for limit in limits:
+            if cost > limit.rule.capacity:
+                metrics.BAD_REQUESTS.labels("bad_request").inc()
+                return error(400, cost_too_big(cost, limit))
+        if not ready():
+            return not_ready(worker)
+        keys = [Rules.key(limit, user, resource) for limit in limits]
+        for key in keys:
+            if not accepts(key):
+                decision(limits[0].name, "overloaded")
+                return overloaded()
+        refused, answers = decide_all(keys, [limit.rule for limit in limits], clock(), cost, capped,
+                                      [limit.shadow for limit in limits])
+        for limit, answer in zip(limits, answers):
+            if answer.allowed:
+                decision(limit.name, "allowed" if refused < 0 else "not_charged")
+            else:
+                decision(limit.name, "shadow_refused" if limit.shadow else "refused")
+        return decisions_response(answers, limits, refused)
+
     return protect
 
 
-def report_response(policy: Policy, left: float, cost: int, duplicate: bool, report_id: str) -> aioweb.Response:
-    """200 after a report: the bucket's level now (``tokens`` is negative in debt) and the
-    RateLimit headers, as for a decision."""
-    f = _format(policy)
-    remaining = max(0, _floor(left))
-    reset = max(0, _ceil((f.capacity - left) / f.rate))
-    headers = {"RateLimit-Policy": f.policy_header, "RateLimit": f"{f.ratelimit_prefix}{remaining};t={reset}"}
-    return _json({"charged": cost, "duplicate": duplicate, "report_id": report_id, "tokens": left,
-                  "remaining": remaining, "limit": _number(f.capacity), "reset": reset, "policy": policy.name},
-                 headers=headers)
+def decisions_response(answers: list[crdt.Decision], limits: tuple[Policy, ...], refused: int) -> aioweb.Response:
+    """The answer for a rule with several limits: 200 or 429, every limit in the body and
+    in the RateLimit headers (a list, as the IETF draft allows).
+
+    ``policy`` (and ``remaining``, ``limit``, ``reset``) are those of the limit that refused,
+    or, when admitted, of the limit with the fewest tokens left; ``limits`` has each
+    limit's own. ``Retry-After`` is the time until every limit would admit (the longest
+    wait: buckets only fill while nothing is spent).
+    """
+    entries = []
+    policy_headers = []
+    ratelimit = []
+    for answer, limit in zip(answers, limits):
+        f = _format(limit)
+        left = answer.remaining
+        remaining = max(0, _floor(left))
+        reset = max(0, _ceil((f.capacity - left) / f.rate))
+        policy_headers.append(f.policy_header)
+        ratelimit.append(f"{f.ratelimit_prefix}{remaining};t={reset}")
+        entries.append({"policy": limit.name, "allowed": answer.allowed, "remaining": remaining,
+                        "limit": _number(f.capacity), "reset": reset})
+    if refused >= 0:
+        about = refused
+    else:
+        about = min(range(len(answers)), key=lambda i: answers[i].remaining)
+    body = {"allowed": refused < 0, "remaining": entries[about]["remaining"], "limit": entries[about]["limit"],
+            "reset": entries[about]["reset"], "policy": limits[about].name}
+    headers = {"RateLimit-Policy": ", ".join(policy_headers), "RateLimit": ", ".join(ratelimit)}
+    status = 200
+    if refused >= 0:
+        body["refused_by"] = limits[refused].name
+        wait = max(a.retry_after for a, limit in zip(answers, limits) if not limit.shadow)
+        body["retry_after"] = retry = max(1, _ceil(wait))
+        headers["Retry-After"] = str(retry)
+        status = 429
+    else:
+        shadowed = [limit.name for a, limit in zip(answers, limits) if not a.allowed]
+        if shadowed:
+            body["shadow"] = "would refuse"
+            body["shadow_refused_by"] = shadowed
+    body["limits"] = entries
+    return _json(body, status, headers)
+
+
+def report_response(limits: tuple[Policy, ...], lefts: list[float], cost: int, duplicate: bool,
+                    report_id: str) -> aioweb.Response:
+    """200 after a report: each limit's level now (``tokens`` is negative in debt) and the
+    RateLimit headers, as for a decision; the top-level fields are those of the limit
+    with the fewest tokens."""
+    entries, policy_headers, ratelimit = [], [], []
+    for limit, left in zip(limits, lefts):
+        f = _format(limit)
+        remaining = max(0, _floor(left))
+        reset = max(0, _ceil((f.capacity - left) / f.rate))
+        policy_headers.append(f.policy_header)
+        ratelimit.append(f"{f.ratelimit_prefix}{remaining};t={reset}")
+        entries.append({"policy": limit.name, "tokens": left, "remaining": remaining, "limit": _number(f.capacity),
+                        "reset": reset})
+    about = min(range(len(lefts)), key=lefts.__getitem__)
+    body = {"charged": cost, "duplicate": duplicate, "report_id": report_id, **entries[about], "limits": entries}
+    headers = {"RateLimit-Policy": ", ".join(policy_headers), "RateLimit": ", ".join(ratelimit)}
+    return _json(body, headers=headers)
 
 
 def reporter(worker: Worker):
@@ -233,17 +311,26 @@ def reporter(worker: Worker):
             return error(404, f"no rule for resource {resource!r}")
         if not ready():
             return not_ready(worker)
-        key = Rules.key(policy, user, resource)
-        if not limiter.accepts(key):
+        limits = policy.limits
+        keys = [Rules.key(limit, user, resource) for limit in limits]
+        if not all(limiter.accepts(key) for key in keys):
             metrics.decision(policy.name, "overloaded")
             return overloaded()
-        try:
-            left, duplicate = limiter.report(key, policy.rule, crdt.report_slot(report_id), clock(), cost)
-        except crdt.ReportConflict as exc:
-            metrics.BAD_REQUESTS.labels("report_conflict").inc()
-            return error(409, f"report {report_id!r} was already charged {exc.have} tokens, not {cost}")
-        metrics.decision(policy.name, "report_duplicate" if duplicate else "reported")
-        return report_response(policy, left, cost, duplicate, report_id)
+        slot = crdt.report_slot(report_id)
+        for key in keys:  # checked on every limit first: a conflict charges none of them
+            have = limiter.view(key).counters.get(slot)
+            if have is not None and have != cost:
+                metrics.BAD_REQUESTS.labels("report_conflict").inc()
+                return error(409, f"report {report_id!r} was already charged {have} tokens, not {cost}")
+        now = clock()
+        lefts = []
+        duplicate = True
+        for key, limit in zip(keys, limits):
+            left, seen = limiter.report(key, limit.rule, slot, now, cost)
+            lefts.append(left)
+            duplicate = duplicate and seen
+            metrics.decision(limit.name, "report_duplicate" if seen else "reported")
+        return report_response(limits, lefts, cost, duplicate, report_id)
 
     return report
 
@@ -252,17 +339,19 @@ def peek(worker: Worker, user: str, resource: str | None) -> dict:
     """Every limit that applies to ``user`` (and ``resource``), in the user's terms; spends nothing."""
     policy = worker.rules.policy(user, resource)
     now = worker.clock()
-    rule = policy.rule
-    left = crdt.tokens(worker.limiter.view(Rules.key(policy, user, resource)), rule, now)
-    limits = [{
-        "policy": policy.name,
-        "tokens": left,
-        "remaining": max(0, _floor(left)),
-        "capacity": _number(rule.capacity),
-        "rate": _number(rule.rate),
-        "seconds_until_full": max(0.0, (rule.capacity - left) / rule.rate),
-        "shadow": policy.shadow,
-    }]
+    limits = []
+    for limit in policy.limits:
+        rule = limit.rule
+        left = crdt.tokens(worker.limiter.view(Rules.key(limit, user, resource)), rule, now)
+        limits.append({
+            "policy": limit.name,
+            "tokens": left,
+            "remaining": max(0, _floor(left)),
+            "capacity": _number(rule.capacity),
+            "rate": _number(rule.rate),
+            "seconds_until_full": max(0.0, (rule.capacity - left) / rule.rate),
+            "shadow": limit.shadow,
+        })
     return {"user": user, "resource": resource, "limits": limits}
 
 
