@@ -95,32 +95,39 @@ class _RuleSpec(BaseModel):
     """One limit (``capacity``, ``rate``) or a list of named ``limits``, all of which must admit."""
 
     model_config = ConfigDict(extra="forbid")
-    capacity: Annotated[float, Field(gt=0)] | None = None
-    rate: Annotated[float, Field(gt=0)] | None = None
+    capacity: Annotated[float, Field(gt=0)]
+    rate: Annotated[float, Field(gt=0)]
     shadow: bool = False
     limits: list[_LimitSpec] | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_or_a_list(cls, data: object) -> object:
+        # capacity and rate stay required fields (so a missing one is named by its
+        # path, e.g. resources.search.rate); a list of limits stands in for them
+        if isinstance(data, dict) and "limits" in data:
+            if {"capacity", "rate", "shadow"} & data.keys():
+                raise ValueError("give capacity and rate, or a list of limits (each with its own shadow), not both")
+            return {**data, "capacity": 1, "rate": 1}  # unused: build() reads the limits
+        return data
+
     @field_validator("capacity", "rate")
     @classmethod
-    def _finite(cls, v: float | None) -> float | None:
-        if v is not None and not math.isfinite(v):
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
             raise ValueError("must be a finite number")
         return v
 
-    @model_validator(mode="after")
-    def _one_or_a_list(self) -> "_RuleSpec":
-        if self.limits is None:
-            if self.capacity is None or self.rate is None:
-                raise ValueError("give capacity and rate, or a list of limits")
-            return self
-        if self.capacity is not None or self.rate is not None or self.shadow:
-            raise ValueError("give capacity and rate, or a list of limits (each with its own shadow), not both")
-        if not self.limits:
-            raise ValueError("limits must not be empty")
-        names = [limit.name for limit in self.limits]
-        if len(set(names)) != len(names):
-            raise ValueError(f"limit names must be distinct, got {names}")
-        return self
+    @field_validator("limits")
+    @classmethod
+    def _named_once(cls, limits: list[_LimitSpec] | None) -> list[_LimitSpec] | None:
+        if limits is not None:
+            if not limits:
+                raise ValueError("limits must not be empty")
+            names = [limit.name for limit in limits]
+            if len(set(names)) != len(names):
+                raise ValueError(f"limit names must be distinct, got {names}")
+        return limits
 
     def build(self, name: str) -> "Policy":
         """The policy: its first limit, carrying the others in ``also``."""

@@ -168,7 +168,7 @@ def test_a_rule_may_list_limits_each_its_own_bucket(tmp_path):
     ("[default]\nlimits = [{name='a b', capacity=1, rate=1}]\n", "limit name"),
     ("[default]\nlimits = [{name='a', capacity=0, rate=1}]\n", "greater than 0"),
     ("[default]\nlimits = [{name='a', capacity=1}]\n", "rate"),
-    ("[default]\nrate = 1\n", "capacity and rate, or a list of limits"),
+    ("[default]\nrate = 1\n", "default.capacity"),
 ])
 def test_bad_limit_lists_are_refused_at_start_up(tmp_path, text, problem):
     with pytest.raises(ConfigError, match=problem):
