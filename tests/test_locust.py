@@ -108,3 +108,30 @@ def test_ten_second_headless_run_against_two_workers_has_zero_failures(pool, tmp
     assert final["num_requests"] >= int(total["Request Count"]) and final["num_failures"] == 0, report
 
     assert all(refused(w) > 0 for w in workers), "every worker refused someone, and that was no failure"
+
+
+REPORTS = [
+    (200, {"charged": 3, "duplicate": False, "tokens": -1.5, "remaining": 0}, 3, False, None),
+    (200, {"charged": 3, "duplicate": True, "tokens": 2.0, "remaining": 2}, 3, None, None),
+    (200, {"charged": 3, "duplicate": False, "tokens": 2.0, "remaining": 2}, 3, True, "duplicate=False, expected True"),
+    (200, {"charged": 2, "duplicate": False, "tokens": 2.0, "remaining": 2}, 3, None, "charged=3"),
+    (200, {"charged": 3, "duplicate": False}, 3, None, "without tokens/remaining"),
+    (409, {"error": "report 'x' was already charged 2 tokens, not 3"}, 3, None, "report answered 409"),
+    (200, "<html>", 3, None, "not JSON"),
+]
+
+
+def test_report_checks_accept_correct_answers_and_name_what_is_wrong():
+    """The validator the weighted Locust users apply to ``POST /report`` answers."""
+    cases = [(s, b if isinstance(b, str) else json.dumps(b), c, d) for s, b, c, d, _ in REPORTS]
+    script = ("import json, sys, locustfile\n"
+              "print(json.dumps([locustfile.report_problem(*case) for case in json.load(sys.stdin)]))")
+    proc = subprocess.run([sys.executable, "-c", script], input=json.dumps(cases), capture_output=True,
+                          text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    reasons = json.loads(proc.stdout.splitlines()[-1])
+    for (*_, expected), reason in zip(REPORTS, reasons, strict=True):
+        if expected is None:
+            assert reason is None, reason
+        else:
+            assert reason is not None and expected in reason, (expected, reason)
