@@ -173,7 +173,7 @@ def protector(worker: Worker):
             metrics.BAD_REQUESTS.labels("bad_request").inc()
             return error(400, cost_too_big(cost, policy))
         if policy.also:
-            return protect_all(user, resource, policy.limits, cost)
+            return protect_all(user, resource, policy, cost)
         if not ready():
             return not_ready(worker)
         key = Rules.key(policy, user, resource)
@@ -197,74 +197,118 @@ def protector(worker: Worker):
         return decision_response(answer, policy)
 
     decide_all = limiter.decide_all
+    key_of = Rules.key
 
-    def protect_all(user: str, resource: str | None, limits: tuple[Policy, ...], cost: int) -> aioweb.Response:
+    def protect_all(user: str, resource: str | None, policy: Policy, cost: int) -> aioweb.Response:
         """A rule with several limits: admitted only if every limit admits; then all are charged."""
-        for limit in limits:
-            if cost > limit.rule.capacity:
-                metrics.BAD_REQUESTS.labels("bad_request").inc()
-                return error(400, cost_too_big(cost, limit))
+        m = _multi(policy)
+        if cost > m.min_capacity:
+            metrics.BAD_REQUESTS.labels("bad_request").inc()
+            return error(400, cost_too_big(cost, next(x for x in m.limits if cost > x.rule.capacity)))
         if not ready():
             return not_ready(worker)
-        keys = [Rules.key(limit, user, resource) for limit in limits]
+        keys = [key_of(limit, user, resource) for limit in m.limits]
         for key in keys:
             if not accepts(key):
-                decision(limits[0].name, "overloaded")
+                decision(policy.name, "overloaded")
                 return overloaded()
-        refused, answers = decide_all(keys, [limit.rule for limit in limits], clock(), cost, capped,
-                                      [limit.shadow for limit in limits])
-        for limit, answer in zip(limits, answers):
+        refused, answers = decide_all(keys, m.rules, clock(), cost, capped, m.shadow)
+        for limit, answer in zip(m.limits, answers):
             if answer.allowed:
                 decision(limit.name, "allowed" if refused < 0 else "not_charged")
             else:
                 decision(limit.name, "shadow_refused" if limit.shadow else "refused")
-        return decisions_response(answers, limits, refused)
+        return decisions_response(answers, policy, refused)
 
     return protect
 
 
-def decisions_response(answers: list[crdt.Decision], limits: tuple[Policy, ...], refused: int) -> aioweb.Response:
+class _Multi(NamedTuple):
+    """What every answer of a rule with several limits shares, built once (``decisions_response``)."""
+
+    policy: Policy
+    limits: tuple[Policy, ...]
+    rules: tuple[crdt.Rule, ...]
+    shadow: tuple[bool, ...]  # () when no limit is in shadow mode
+    min_capacity: float
+    formats: tuple[_Format, ...]
+    names: tuple[str, ...]  # each limit's name, JSON-encoded
+    entry_heads: tuple[str, ...]  # '{"policy": <name>, "allowed": '
+    limit_json: tuple[str, ...]  # each limit's capacity, JSON-encoded
+    policy_header: str  # RateLimit-Policy: every limit
+
+
+_multis: dict[int, _Multi] = {}
+
+
+def _multi(policy: Policy) -> _Multi:
+    m = _multis.get(id(policy))
+    if m is None or m.policy is not policy:
+        limits = policy.limits
+        formats = tuple(_format(x) for x in limits)
+        names = tuple(json.dumps(x.name) for x in limits)
+        m = _multis[id(policy)] = _Multi(
+            policy, limits, tuple(x.rule for x in limits),
+            tuple(x.shadow for x in limits) if any(x.shadow for x in limits) else (),
+            min(x.rule.capacity for x in limits), formats, names,
+            tuple(f'{{"policy": {n}, "allowed": ' for n in names),
+            tuple(json.dumps(_number(x.rule.capacity)) for x in limits),
+            ", ".join(f.policy_header for f in formats),
+        )
+    return m
+
+
+def decisions_response(answers: list[crdt.Decision], policy: Policy, refused: int) -> aioweb.Response:
     """The answer for a rule with several limits: 200 or 429, every limit in the body and
     in the RateLimit headers (a list, as the IETF draft allows).
 
-    ``policy`` (and ``remaining``, ``limit``, ``reset``) are those of the limit that refused,
-    or, when admitted, of the limit with the fewest tokens left; ``limits`` has each
-    limit's own. ``Retry-After`` is the time until every limit would admit (the longest
-    wait: buckets only fill while nothing is spent).
+    The body is the JSON of ``{"allowed", "remaining", "limit", "reset", "policy"[,
+    "refused_by", "retry_after" | "shadow", "shadow_refused_by"], "limits"}``:
+    ``policy`` (and ``remaining``, ``limit``, ``reset``) are those of the limit that
+    refused, or, when admitted, of the limit with the fewest tokens left; ``limits`` has
+    each limit's ``{"policy", "allowed", "remaining", "limit", "reset"}``. ``Retry-After``
+    is the time until every limit would admit (the longest wait: buckets only fill
+    while nothing is spent). Built from fragments encoded once per rule (the hot path).
     """
+    m = _multi(policy)
     entries = []
-    policy_headers = []
     ratelimit = []
-    for answer, limit in zip(answers, limits):
-        f = _format(limit)
+    about = refused
+    lowest = math.inf
+    for i, answer in enumerate(answers):
+        f = m.formats[i]
         left = answer.remaining
-        remaining = max(0, _floor(left))
-        reset = max(0, _ceil((f.capacity - left) / f.rate))
-        policy_headers.append(f.policy_header)
+        if refused < 0 and left < lowest:
+            lowest, about = left, i
+        remaining = _floor(left)
+        if remaining < 0:
+            remaining = 0
+        reset = _ceil((f.capacity - left) / f.rate)
+        if reset < 0:
+            reset = 0
         ratelimit.append(f"{f.ratelimit_prefix}{remaining};t={reset}")
-        entries.append({"policy": limit.name, "allowed": answer.allowed, "remaining": remaining,
-                        "limit": _number(f.capacity), "reset": reset})
+        entries.append((remaining, reset, f'{m.entry_heads[i]}{"true" if answer.allowed else "false"}, '
+                                          f'"remaining": {remaining}, "limit": {m.limit_json[i]}, "reset": {reset}}}'))
+    remaining, reset, _ = entries[about]
+    headers = {"Content-Type": _JSON, "RateLimit-Policy": m.policy_header, "RateLimit": ", ".join(ratelimit)}
+    head = (f'{{"allowed": {"true" if refused < 0 else "false"}, "remaining": {remaining}, '
+            f'"limit": {m.limit_json[about]}, "reset": {reset}, "policy": {m.names[about]}')
+    tail = f', "limits": [{", ".join(e[2] for e in entries)}]}}'
     if refused >= 0:
-        about = refused
-    else:
-        about = min(range(len(answers)), key=lambda i: answers[i].remaining)
-    body = {"allowed": refused < 0, "remaining": entries[about]["remaining"], "limit": entries[about]["limit"],
-            "reset": entries[about]["reset"], "policy": limits[about].name}
-    headers = {"RateLimit-Policy": ", ".join(policy_headers), "RateLimit": ", ".join(ratelimit)}
-    status = 200
-    if refused >= 0:
-        body["refused_by"] = limits[refused].name
-        wait = max(a.retry_after for a, limit in zip(answers, limits) if not limit.shadow)
-        body["retry_after"] = retry = max(1, _ceil(wait))
+        wait = 0.0
+        for answer, limit in zip(answers, m.limits):
+            if not limit.shadow and answer.retry_after > wait:
+                wait = answer.retry_after
+        retry = max(1, _ceil(wait))
         headers["Retry-After"] = str(retry)
-        status = 429
-    else:
-        shadowed = [limit.name for a, limit in zip(answers, limits) if not a.allowed]
+        body = f'{head}, "refused_by": {m.names[refused]}, "retry_after": {retry}{tail}'
+        return _Response(body=body.encode(), status=429, headers=headers)
+    if m.shadow:
+        shadowed = [m.names[i] for i, answer in enumerate(answers) if not answer.allowed]
         if shadowed:
-            body["shadow"] = "would refuse"
-            body["shadow_refused_by"] = shadowed
-    body["limits"] = entries
-    return _json(body, status, headers)
+            body = f'{head}, "shadow": "would refuse", "shadow_refused_by": [{", ".join(shadowed)}]{tail}'
+            return _Response(body=body.encode(), headers=headers)
+    return _Response(body=f"{head}{tail}".encode(), headers=headers)
 
 
 def report_response(limits: tuple[Policy, ...], lefts: list[float], cost: int, duplicate: bool,

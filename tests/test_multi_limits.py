@@ -8,6 +8,7 @@ without a broker; the HTTP answers through a real worker.
 from __future__ import annotations
 
 import json
+import math
 import textwrap
 from fractions import Fraction
 
@@ -104,7 +105,8 @@ def test_a_shadow_limit_that_refuses_blocks_nothing_and_is_not_charged(requests)
 def test_a_refusal_names_the_limit_lists_every_policy_and_waits_for_all():
     second = Policy.build("default:second", 10, 10, named=True)
     day = Policy.build("default:day", 6, Fraction(1, 3600), named=True)
-    resp = web.decisions_response([Decision(True, 5.5, 0.0), Decision(False, 0.2, 2880.0)], (second, day), 1)
+    resp = web.decisions_response([Decision(True, 5.5, 0.0), Decision(False, 0.2, 2880.0)],
+                                  second.with_also((day,)), 1)
     assert resp.status == 429 and resp.headers["Retry-After"] == "2880"
     assert resp.headers["RateLimit-Policy"] == '"default:second";q=10;w=1, "default:day";q=6;w=21600'
     assert resp.headers["RateLimit"] == '"default:second";r=5;t=1, "default:day";r=0;t=20880'
@@ -229,3 +231,31 @@ def test_a_burst_within_the_second_limit_is_refused_by_the_daily_one_and_charges
     metrics = w.request("GET", "/metrics")[2].decode()
     assert 'bucketstream_decisions_total{outcome="refused",policy="default:day"} 1.0' in metrics
     assert 'bucketstream_decisions_total{outcome="not_charged",policy="default:second"} 1.0' in metrics
+
+
+@given(st.lists(st.tuples(st.booleans(), st.floats(-50, 50), st.floats(0, 1e5)), min_size=2, max_size=3),
+       st.lists(st.booleans(), min_size=3, max_size=3))
+def test_several_limits_bodies_are_exactly_the_json_of_their_fields(answers, shadow):
+    """The body is built from fragments encoded once per rule; it must equal json.dumps of the fields."""
+    limits = [Policy.build(f'r:{i}"ü', 10 + i, 0.5 + i, shadow[i], named=True) for i in range(len(answers))]
+    policy = limits[0].with_also(tuple(limits[1:]))
+    decisions = [Decision(ok, left, 0.0 if ok else wait) for ok, left, wait in answers]
+    refused = next((i for i, d in enumerate(decisions) if not d.allowed and not shadow[i]), -1)
+    resp = web.decisions_response(decisions, policy, refused)
+    entries = [{"policy": p.name, "allowed": d.allowed, "remaining": max(0, math.floor(d.remaining)),
+                "limit": p.rule.capacity, "reset": max(0, math.ceil((p.rule.capacity - d.remaining) / p.rule.rate))}
+               for p, d in zip(limits, decisions)]
+    about = refused if refused >= 0 else min(range(len(decisions)), key=lambda i: decisions[i].remaining)
+    body = {"allowed": refused < 0, **{k: entries[about][k] for k in ("remaining", "limit", "reset", "policy")}}
+    if refused >= 0:
+        body["refused_by"] = limits[refused].name
+        body["retry_after"] = max(1, math.ceil(max(d.retry_after for d, p in zip(decisions, limits) if not p.shadow)
+                                               if any(not p.shadow for p in limits) else 0))
+        assert resp.status == 429 and resp.headers["Retry-After"] == str(body["retry_after"])
+    elif any(p.shadow and not d.allowed for p, d in zip(limits, decisions)):
+        body["shadow"] = "would refuse"
+        body["shadow_refused_by"] = [p.name for p, d in zip(limits, decisions) if not d.allowed]
+    body["limits"] = entries
+    assert resp.body == json.dumps(body).encode()
+    assert resp.headers["RateLimit-Policy"] == ", ".join(
+        f'"{p.name}";q={p.rule.capacity};w={math.ceil(p.rule.capacity / p.rule.rate)}' for p in limits)
