@@ -11,6 +11,8 @@ import json
 import math
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from bucketstream.validate import BadRequest, parse_cost, parse_report_id
@@ -207,3 +209,20 @@ def test_peek_shows_every_limit_in_the_users_terms_and_spends_nothing(pool):
         assert limit["shadow"] is False
     assert peek(w, "fay", "?resource=search")["limits"][0]["tokens"] == 10  # its own bucket
     assert peek(w, "nobody")["limits"][0]["seconds_until_full"] == 0
+
+
+@given(st.text(max_size=30))
+def test_any_cost_header_is_a_positive_int_or_a_bad_request(value):
+    try:
+        cost = parse_cost(CIMultiDict([("X-Cost", value)]))
+    except BadRequest:
+        return
+    assert type(cost) is int and 1 <= cost < 10**15 and str(cost) == value.lstrip("0")
+
+
+@given(st.text(max_size=200))
+def test_any_report_id_header_is_taken_as_it_is_or_a_bad_request(value):
+    try:
+        assert parse_report_id(CIMultiDict([("X-Report-ID", value)])) == value
+    except BadRequest:
+        pass

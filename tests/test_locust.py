@@ -83,8 +83,8 @@ def refused(worker) -> float:
 
 @pytest.mark.broker
 def test_ten_second_headless_run_against_two_workers_has_zero_failures(pool, tmp_path):
-    """The mix (hot callers, long tail, /protected and three resources) spread over two
-    workers: every answer checks out, and the hot callers did get 429s."""
+    """The mix (hot callers, long tail, weighted callers with reports, /protected and three
+    resources) spread over two workers: every answer checks out, and the hot callers did get 429s."""
     workers = pool.start(2, capacity=10, rate=1)
     hosts = [f"http://127.0.0.1:{w.port}" for w in workers]
     env = {k: v for k, v in os.environ.items() if not k.startswith("BUCKETSTREAM_")}
@@ -101,7 +101,8 @@ def test_ten_second_headless_run_against_two_workers_has_zero_failures(pool, tmp
         rows = {r["Name"]: r for r in csv.DictReader(f)}
     total = rows["Aggregated"]
     assert int(total["Request Count"]) > 0 and int(total["Failure Count"]) == 0, report
-    assert {"/protected", "/protected/search", "/protected/upload", "/protected/export"} <= set(rows), report
+    assert {"/protected", "/protected/search", "/protected/upload", "/protected/export",
+            "/protected (X-Cost)", "/report"} <= set(rows), report
 
     # the CSV can miss the last second (Locust writes it periodically); the HTML report is final
     final = html_stats(tmp_path / "locust.html")["Aggregated"]
