@@ -399,10 +399,24 @@ def peek(worker: Worker, user: str, resource: str | None) -> dict:
     return {"user": user, "resource": resource, "limits": limits}
 
 
+def pick_limit(policy: Policy, limit: str | None) -> Policy:
+    """The limit of a rule named ``limit`` (``day`` or ``default:day``; None: the first)."""
+    if limit is None:
+        return policy
+    for x in policy.limits:
+        if limit in (x.name, x.name.rsplit(":", 1)[-1]):
+            return x
+    raise BadRequest(f"policy {policy.name!r} has no limit {limit!r} (it has: {', '.join(x.name for x in policy.limits)})")
+
+
 def bucket_view(worker: Worker, table: faust.Table, app: faust.App, user: str, resource: str | None,
-                debug: bool) -> dict:
-    """One bucket in its user's terms; with ``debug``, the CRDT's internals as well."""
-    policy = worker.rules.policy(user, resource)
+                debug: bool, limit: str | None = None) -> dict:
+    """One bucket in its user's terms; with ``debug``, the CRDT's internals as well.
+
+    A rule with several limits has a bucket per limit: ``limit`` names which (the first
+    by default); ``limits`` lists them all."""
+    rule_policy = worker.rules.policy(user, resource)
+    policy = pick_limit(rule_policy, limit)
     limiter = worker.limiter
     now = worker.clock()
     k = Rules.key(policy, user, resource)
@@ -415,6 +429,7 @@ def bucket_view(worker: Worker, table: faust.Table, app: faust.App, user: str, r
         "user": user,
         "resource": resource,
         "policy": policy.name,
+        "limits": [x.name for x in rule_policy.limits],
         "shadow": policy.shadow,
         "tokens": tokens,
         "capacity": _number(rule.capacity),
@@ -511,8 +526,9 @@ def register(app: faust.App, worker: Worker, table: faust.Table) -> None:
 
     @app.page("/buckets/{user}")
     class BucketView(View):
-        """GET /buckets/{user}[?resource=R][&debug=1]: this worker's view of one bucket, in its
-        user's terms; ``debug=1`` adds the CRDT's internals (operators, tests)."""
+        """GET /buckets/{user}[?resource=R][&limit=L][&debug=1]: this worker's view of one bucket, in
+        its user's terms; ``limit`` picks one of a rule's several limits; ``debug=1`` adds the
+        CRDT's internals (operators, tests)."""
 
         async def get(self, request: Request, user: str) -> aioweb.Response:
             try:
@@ -521,7 +537,8 @@ def register(app: faust.App, worker: Worker, table: faust.Table) -> None:
                 debug = request.query.get("debug", "0")
                 if debug not in ("0", "1"):
                     raise BadRequest(f"debug must be 0 or 1, got {debug!r}")
-                return _json(bucket_view(worker, table, app, user, resource, debug == "1"))
+                limit = request.query.get("limit")
+                return _json(bucket_view(worker, table, app, user, resource, debug == "1", limit))
             except BadRequest as exc:
                 return error(400, str(exc))
             except UnknownResource:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 import textwrap
 from fractions import Fraction
 
@@ -228,6 +231,19 @@ def test_a_burst_within_the_second_limit_is_refused_by_the_daily_one_and_charges
     status, _, raw = w.request("POST", "/report", {"X-User-ID": "xia", "X-Cost": "2", "X-Report-ID": "r"})
     body = json.loads(raw)
     assert status == 200 and [x["remaining"] for x in body["limits"]] == [8, 4] and body["policy"] == "default:day"
+    # the inspection shows each limit's bucket
+    day = w.bucket("zoe?limit=day")
+    assert day["policy"] == "default:day" and day["limits"] == ["default:second", "default:day"]
+    assert day["consumed"] == 6 and day["capacity"] == 6
+    status, _, raw = w.request("GET", "/buckets/zoe?limit=week")
+    assert (status, json.loads(raw)) == (400, {"error": "policy 'default:second' has no limit 'week' "
+                                                        "(it has: default:second, default:day)"})
+    proc = subprocess.run([sys.executable, "-m", "bucketstream.cli", "inspect", "zoe", "--limit", "day", "--worker",
+                           f"http://127.0.0.1:{w.port}"], capture_output=True, text=True, timeout=60,
+                          env={k: v for k, v in os.environ.items() if not k.startswith("BUCKETSTREAM_")})
+    assert proc.returncode == 0, proc.stderr
+    assert "policy default:day; limits default:second, default:day (--limit)" in proc.stdout
+    assert "tokens    0 of 6" in proc.stdout
     metrics = w.request("GET", "/metrics")[2].decode()
     assert 'bucketstream_decisions_total{outcome="refused",policy="default:day"} 1.0' in metrics
     assert 'bucketstream_decisions_total{outcome="not_charged",policy="default:second"} 1.0' in metrics
