@@ -226,3 +226,29 @@ def test_any_report_id_header_is_taken_as_it_is_or_a_bad_request(value):
         assert parse_report_id(CIMultiDict([("X-Report-ID", value)])) == value
     except BadRequest:
         pass
+
+
+@pytest.mark.broker
+def test_a_report_reaches_the_other_worker_as_fast_as_an_admission(pool):
+    """The same path (own state, flush, update topic, peer feed): measured from the answer on
+    one worker to the other worker's view showing it, polled every 5 ms, 5 of each, alternating.
+    Printed (``-s``); the check is only that neither is far slower than the other."""
+    import time
+
+    a, b = pool.start(2, capacity=1000, rate=0.001)
+
+    def seen_after(send, user: str) -> float:
+        before = peek(b, user)["limits"][0]["tokens"]
+        send()
+        t0 = time.monotonic()
+        wait_until(lambda: peek(b, user)["limits"][0]["tokens"] < before - 0.5, 10, 0.005, "replicated")
+        return time.monotonic() - t0
+
+    reports, admissions = [], []
+    for i in range(5):
+        reports.append(seen_after(lambda: post(a, "/report", "gus", cost=1, report_id=f"r{i}"), "gus"))
+        admissions.append(seen_after(lambda: post(a, "/protected", "hal"), "hal"))
+    reports.sort(), admissions.sort()
+    print(f"\nreport -> other worker: median {reports[2] * 1000:.0f} ms (max {reports[-1] * 1000:.0f}); "
+          f"admission: median {admissions[2] * 1000:.0f} ms (max {admissions[-1] * 1000:.0f})")
+    assert reports[2] <= 3 * admissions[2] + 0.05
