@@ -89,6 +89,31 @@ def test_retry_after_of_a_refusal_is_when_every_limit_admits(rules, requests):
             assert Limiter(1, states.get).decide_all(keys, rules, at(t) + wait - 1e-6, cost)[0] >= 0
 
 
+@given(st.lists(LimitRules, min_size=2, max_size=2),
+       st.lists(st.tuples(st.integers(0, 1), st.booleans(), st.integers(0, 1), Gaps, st.integers(1, 4)),
+                max_size=40))
+def test_replicated_separately_two_limits_are_still_never_charged_one_without_the_other(rules, ops):
+    """Two workers decide and hear each other's states key by key, in any order (each limit is
+    its own CRDT): whatever a view shows in between, every worker's slot holds the same count
+    on both limits, in each worker's view once it has heard everything, and in the join."""
+    workers = [Limiter(slot, lambda key: None) for slot in (11, 22)]
+    keys = [b"second", b"day"]
+    t = 0
+    for who, hear, which, gap, cost in ops:
+        t += gap
+        if hear:  # the other worker's whole state of one key arrives here
+            workers[who].on_peer_state(keys[which], workers[1 - who].view(keys[which]), at(t))
+        else:
+            workers[who].decide_all(keys, rules, at(t), cost)
+    for w in workers:
+        for other in workers:
+            for key in keys:
+                w.on_peer_state(key, other.view(key), at(t))
+        first, second = (w.view(k).counters for k in keys)
+        assert dict(first) == dict(second)
+    assert workers[0].view(keys[0]) == workers[1].view(keys[0])
+
+
 @given(Requests)
 def test_a_shadow_limit_that_refuses_blocks_nothing_and_is_not_charged(requests):
     rules = [Rule(5, 1), Rule(2, Fraction(1, 10))]
