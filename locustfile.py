@@ -3,7 +3,10 @@
 The mix: a few hot callers that run far over their limits (most of their
 answers are 429s), and a long tail of many users who are mostly let through;
 both call ``POST /protected`` and ``POST /protected/{resource}`` for a few
-resources. A 429 is a correct answer for a rate limiter; what counts as a
+resources. Weighted callers send an ``X-Cost`` of 1-5 and, after an admitted
+request, report its real cost with ``POST /report`` (a fresh ``X-Report-ID``),
+sometimes sending the same report again to another worker: the second must
+answer ``"duplicate": true``. A 429 is a correct answer for a rate limiter; what counts as a
 failure, with its reason in the report, is any other status, a body without
 ``allowed``/``remaining``/``limit``/``reset`` of the right types, a missing
 or inconsistent ``RateLimit``/``RateLimit-Policy`` header, or a 429 without
@@ -121,6 +124,24 @@ def problem(status: int, headers, text: str | None) -> str | None:
     return None
 
 
+def report_problem(status: int, text: str | None, cost: int, duplicate: bool | None) -> str | None:
+    """Why this answer to ``POST /report`` is wrong, or None. ``duplicate``: what the answer
+    must say (None: either, e.g. for a first send that may race a resend)."""
+    if status != 200:
+        return f"report answered {status}: {(text or '')[:120]}"
+    try:
+        body = json.loads(text or "")
+    except ValueError:
+        return f"report body is not JSON: {(text or '')[:80]!r}"
+    if not isinstance(body, dict) or body.get("charged") != cost:
+        return f"report body does not say charged={cost}: {(text or '')[:120]}"
+    if not isinstance(body.get("tokens"), (int, float)) or not _int(body.get("remaining")):
+        return f"report body without tokens/remaining: {(text or '')[:120]}"
+    if duplicate is not None and body.get("duplicate") is not duplicate:
+        return f"report duplicate={body.get('duplicate')!r}, expected {duplicate}"
+    return None
+
+
 # -- the users ---------------------------------------------------------------------------
 
 class _Caller(FastHttpUser):
@@ -181,6 +202,50 @@ class HotCaller(_Caller):
 
     def url(self, path: str) -> str:
         return next(self.workers) + path
+
+
+class WeightedCaller(_Caller):
+    """Requests that cost 1-5 tokens, then a report of what they really used (an LLM-style API),
+    one report in four sent a second time to another worker (a retry): charged once."""
+
+    weight = 2
+    wait_time = between(0.1, 0.3)
+
+    def on_start(self) -> None:
+        self.me = f"weighted-{random.randrange(1000)}"
+        self.workers = itertools.cycle(HOSTS or [self.host])
+        self.reports = 0
+
+    def user_id(self) -> str:
+        return self.me
+
+    @task
+    def call(self) -> None:
+        cost = random.randint(1, 5)
+        with self.client.post("/protected", headers={"X-User-ID": self.me, "X-Cost": str(cost)},
+                              name="/protected (X-Cost)", catch_response=True) as resp:
+            reason = problem(resp.status_code, resp.headers, resp.text)
+            if reason is None:
+                resp.success()
+            else:
+                resp.failure(reason)
+                return
+            if resp.status_code != 200:
+                return
+        self.reports += 1
+        report_id = f"{self.me}-{random.getrandbits(64):x}-{self.reports}"
+        used = random.randint(1, 10)
+        headers = {"X-User-ID": self.me, "X-Cost": str(used), "X-Report-ID": report_id}
+        sends = [(self.url("/report"), False)]
+        if random.random() < 0.25:
+            sends.append((next(self.workers) + "/report", None))  # may race the first: either answer
+        for url, duplicate in sends:
+            with self.client.post(url, headers=headers, name="/report", catch_response=True) as resp:
+                reason = report_problem(resp.status_code, resp.text, used, duplicate)
+                if reason is None:
+                    resp.success()
+                else:
+                    resp.failure(reason)
 
 
 if __name__ == "__main__":

@@ -450,6 +450,18 @@ def markdown(results: dict) -> str:
                 "`<app_id>-buckets-changelog`; one worker with a new data directory, timed from process start.", ""]
     out += grpcload.markdown(results)
     out += scaleout.markdown(results)
+    limits = results.get("limits")
+    if limits:
+        def us(x):
+            return f"{x * 1e6:.0f} µs" if x else "—"
+        ratio = limits.get("ratio")
+        out += ["## One limit vs two limits per request (#18)", "",
+                "| limits per request | worker CPU per request (median) | req/s at max load (median) |",
+                "|---:|---:|---:|",
+                f"| 1 | {us(limits['1']['cpu_per_request'])} | {_int(limits['1']['rps'])} |",
+                f"| 2 | {us(limits['2']['cpu_per_request'])} | {_int(limits['2']['rps'])} |", "",
+                f"Two limits cost {ratio:.2f}x the CPU per request of one (target ≤ 1.3x): "
+                f"{_mark(ratio <= 1.3)}." if ratio else "No ratio: a run made no requests.", ""]
     out += soak.markdown(results)
     if results["profiles"]:
         out += ["## Profiles (py-spy)", ""]

@@ -51,7 +51,7 @@ from bench.tools import (BenchError, Procs, cpu_seconds, cpu_sets, dir_bytes, en
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "results"
-PHASES = ("ceiling", "redis", "worker", "rls", "replication", "scaleout", "recovery", "soak")
+PHASES = ("ceiling", "redis", "worker", "rls", "limits", "replication", "scaleout", "recovery", "soak")
 
 #: A fixed-load run after which a worker's Kafka writes go on longer than this (s) was not sustainable.
 BACKLOG_SECONDS = 3.0
@@ -510,6 +510,50 @@ class Bench:
         finally:
             self.stop_pool(p)
 
+    def phase_limits(self) -> None:
+        """The hot path with one and with two limits per request, side by side (#18): a hot
+        user at max load on a fresh worker each, CPU seconds of the worker per request.
+
+        Both rules have capacity = rate = 1,000,000 per limit, so every request is an
+        admission (of both limits); the runs alternate (1, 2, 1, 2 ...) so that other
+        jobs on the machine weigh on both alike, and the median of each is reported."""
+        log("phase limits: one limit vs two limits per request (hot user, max load)")
+        files = {1: f"[default]\ncapacity = {CAPACITY}\nrate = {RATE}\n",
+                 2: (f"[default]\nlimits = [{{ name = \"second\", capacity = {CAPACITY}, rate = {RATE} }},"
+                     f" {{ name = \"day\", capacity = {CAPACITY * 10}, rate = {RATE} }}]\n")}
+        workers, pools = {}, []
+        for n, text in files.items():
+            path = self.work / f"limits-{n}.toml"
+            path.write_text(text)
+            p = self.pool(f"limits{n}", limits=path)
+            pools.append(p)
+            (w,) = p.start(1)
+            pin(w.proc.pid, self.server_cpus)
+            self.warm(w.port, "bucketstream")
+            self.settle(w)
+            workers[n] = w
+        per_request: dict[int, list[float]] = {1: [], 2: []}
+        rps: dict[int, list[float]] = {1: [], 2: []}
+        for _ in range(max(1, self.cfg.repeats)):
+            for n, w in workers.items():
+                before = cpu_seconds(w.proc.pid)
+                run = self.wrk(w.port, "bucketstream", "hot", record=False, prefix=self.prefix(f"l{n}"))
+                cpu = cpu_seconds(w.proc.pid) - before
+                if run.requests:
+                    per_request[n].append(cpu / run.requests)
+                    rps[n].append(run.rps)
+                log(f"    {n} limit(s): {cpu / max(1, run.requests) * 1e6:.0f} µs CPU/request")
+        out = {}
+        for n in workers:
+            out[str(n)] = {"cpu_per_request": _median(per_request[n]) if per_request[n] else None,
+                           "rps": _median(rps[n]) if rps[n] else None, "runs": per_request[n]}
+        one, two = out["1"]["cpu_per_request"], out["2"]["cpu_per_request"]
+        out["ratio"] = two / one if one and two else None
+        self.results["limits"] = out
+        log(f"  two limits / one limit, CPU per request: {out['ratio'] or float('nan'):.2f}x (target <= 1.3x)")
+        for p in pools:
+            self.stop_pool(p)
+
     def phase_memory(self, w, rate: float) -> None:
         """RSS and RocksDB growth of a fresh worker while N new users each take one token; every
         admission published (hold_share 0): this measures a bucket in the table."""
@@ -682,8 +726,8 @@ class Bench:
         self.results["config"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.__dict__.items()}
         log(f"load average at start: {self.results['meta']['load_start']}")
         try:
-            need_broker = any(ph in cfg.phases for ph in ("worker", "rls", "replication", "scaleout", "recovery",
-                                                          "soak"))
+            need_broker = any(ph in cfg.phases for ph in ("worker", "rls", "limits", "replication", "scaleout",
+                                                          "recovery", "soak"))
             if need_broker and cfg.smoke:
                 # timing does not matter in a smoke run: start the broker while phases 1-2 run
                 self._broker_future = concurrent.futures.ThreadPoolExecutor(1).submit(self.start_broker)
@@ -699,6 +743,8 @@ class Bench:
                 self.phase_worker()
             if "rls" in cfg.phases:
                 self.phase_rls()
+            if "limits" in cfg.phases:
+                self.phase_limits()
             if "replication" in cfg.phases:
                 self.phase_replication()
             if "scaleout" in cfg.phases:

@@ -174,8 +174,11 @@ def _age(seconds: float) -> str:
               envvar="BUCKETSTREAM_WORKER_URL", show_envvar=True, help="the worker to ask")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
               metavar="SECONDS", help="give up on the worker after this long")
+@click.option("--limit", "-l", metavar="NAME", help="for a rule with several limits: which one "
+              "(e.g. day) [default: the first]")
 @_json_flag
-def inspect_command(user: str, resource: str | None, worker_url: str, timeout: float, as_json: bool) -> None:
+def inspect_command(user: str, resource: str | None, worker_url: str, timeout: float, as_json: bool,
+                    limit: str | None = None) -> None:
     """Show one bucket as a worker sees it: tokens now, consumption per node, role.
 
     USER is the X-User-ID, or a whole bucket key as `table dump` prints it
@@ -188,7 +191,7 @@ def inspect_command(user: str, resource: str | None, worker_url: str, timeout: f
     if key is not None:
         user, resource = key
     try:
-        view = look.fetch_bucket(worker_url, user, resource, timeout)
+        view = look.fetch_bucket(worker_url, user, resource, timeout, limit)
     except look.InspectError as exc:
         raise _fail(exc, exc.exit_code) from None
     if as_json:
@@ -220,7 +223,8 @@ def _bucket_text(v: dict) -> str:
         fill = f"full in {_num((capacity - tokens) / rate, 1)} s"
     lines = [
         f"bucket    {v['key']}",
-        f"          user {v['user']}, {where}, policy {v['policy']}{shadow}",
+        f"          user {v['user']}, {where}, policy {v['policy']}{shadow}"
+        + (f"; limits {', '.join(v['limits'])} (--limit)" if len(v.get("limits") or ()) > 1 else ""),
         f"tokens    {_num(tokens)} of {_num(capacity)} now ({fill}); refill {_num(rate, 3)}/s",
     ]
     counters = v.get("counters") or {}

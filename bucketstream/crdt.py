@@ -26,6 +26,13 @@ A request of ``cost`` tokens at node ``n``:
   was full, ``U > C``: then it caps the refill at ``C``), and
   ``S[n] += cost``.
 
+A report (a cost charged after the response, :func:`debit`) is admitted
+unconditionally, so it may leave a debt: ``W`` is raised the same way, and
+the counter of the report's own slot ``h(id)`` (a keyed 63-bit hash of the
+report's id, :func:`report_slot`) is *set* to ``cost``. Every worker that
+applies the report writes the same counter, so the join charges it once,
+with no deduplication store; different ids are different slots.
+
 ``join`` is the least upper bound of the product lattice (counters: per-node
 max; ``W``: max) and the empty state :class:`BucketState()` (no counters,
 ``W = 0``) is its bottom: a full bucket. A node may evaluate
@@ -109,6 +116,7 @@ Errors: ``ValueError`` for bad arguments (a rule, a cost, a node id, a time);
 
 from __future__ import annotations
 
+import hashlib
 import math
 import numbers
 from collections.abc import Iterable, Mapping
@@ -131,6 +139,9 @@ __all__ = [
     "leq",
     "tokens",
     "try_consume",
+    "debit",
+    "report_slot",
+    "ReportConflict",
     "retry_after",
     "is_full",
     "carry_over",
@@ -483,6 +494,65 @@ def try_consume(
     new._w = w
     new._sum = state._sum + cost
     return _tuple_new(Decision, (True, (level - need) / q, 0.0)), new
+
+
+# -- reports: charged after the fact -------------------------------------------
+
+
+class ReportConflict(ValueError):
+    """A report's slot already holds another count: the same id reported with another cost
+    (or, with odds of about ``n²/2**64``, another id or a worker slot hashing to it)."""
+
+    def __init__(self, slot: int, have: int, cost: int) -> None:
+        super().__init__(f"report slot {slot} already holds {have} tokens, not {cost}")
+        self.have = have
+
+
+_REPORT_KEY = b"bucketstream-report-v1"
+
+
+def report_slot(report_id: str) -> int:
+    """The counter slot of a report id: a keyed 63-bit BLAKE2b of its UTF-8 bytes.
+
+    Reports share the slot space with worker slots (random 63-bit ints); the
+    key keeps them apart from anything else hashed into it.
+    """
+    digest = hashlib.blake2b(report_id.encode("utf-8", "surrogateescape"), digest_size=8, key=_REPORT_KEY).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+def debit(state: BucketState, rule: Rule, slot: int, now: float, cost: int) -> BucketState:
+    """Charge ``cost`` tokens unconditionally, once per ``slot``: the bucket may go into debt.
+
+    For a report (a cost known after the response) with slot :func:`report_slot`
+    of its id: the slot's counter is *set* to ``cost``, so whoever applies the
+    same report, on any worker and any number of times, writes the same counter
+    and the join (per-slot max) charges it once. Returns ``state`` itself if the
+    slot already holds ``cost`` (a duplicate); :class:`ReportConflict` if it
+    holds another count.
+
+    ``W`` is raised exactly as an admission raises it: only if the bucket was
+    full (``U > C``), capping the refill at ``C`` just before the debit, as a
+    serialized bucket ``level = min(C, level + r·Δt); level -= cost`` does.
+    """
+    if type(cost) is not int or cost < 1:
+        cost = _check_cost(cost)
+    if type(slot) is not int or not 0 <= slot < MAX_NODE:
+        raise ValueError(f"slot must be an int in [0, 2**63), got {slot!r}")
+    have = state._c.get(slot)
+    if have is not None:
+        if have == cost:
+            return state  # already charged: a duplicate changes nothing
+        raise ReportConflict(slot, have, cost)
+    ticks = _ticks(rule, now)
+    # a full bucket (U > C) wasted the refill beyond C: cap it, as an admission does
+    w = state._w
+    excess = rule._rate_units * ticks - rule.scale * state._sum
+    if excess > w:
+        w = excess
+    c = state._c.copy()
+    c[slot] = cost
+    return _make(c, w, state._sum + cost)
 
 
 # -- wire format ---------------------------------------------------------------

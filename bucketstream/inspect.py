@@ -248,10 +248,13 @@ def split_key(text: str) -> tuple[str, str | None] | None:
     return (m.group(2), m.group(1) or None) if m else None
 
 
-def fetch_bucket(worker: str, user: str, resource: str | None = None, timeout: float = 5.0) -> dict:
-    """``GET {worker}/buckets/{user}?debug=1[&resource=R]``: the worker's view of one bucket,
-    with the CRDT's internals, as JSON."""
+def fetch_bucket(worker: str, user: str, resource: str | None = None, timeout: float = 5.0,
+                 limit: str | None = None) -> dict:
+    """``GET {worker}/buckets/{user}?debug=1[&resource=R][&limit=L]``: the worker's view of one
+    bucket (of one limit, for a rule with several), with the CRDT's internals, as JSON."""
     query = {"debug": "1"} if resource is None else {"debug": "1", "resource": resource}
+    if limit is not None:
+        query["limit"] = limit
     url = f"{worker.rstrip('/')}/buckets/{urllib.parse.quote(user, safe='')}?{urllib.parse.urlencode(query)}"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:

@@ -28,10 +28,12 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from bucketstream.crdt import BucketState, CodecError, Decision, Rule, decode, encode, join, leq, tokens, try_consume
+from bucketstream.crdt import (
+    BucketState, CodecError, Decision, Rule, debit, decode, encode, join, leq, tokens, try_consume,
+)
 from bucketstream.hold import Holds
 
 log = logging.getLogger(__name__)
@@ -150,6 +152,66 @@ class Limiter:
                 if holds is None or not holds.try_hold(key, rule, now, cost, decision.remaining, self.live_workers):
                     self._dirty[key] = now
         return decision
+
+    def decide_all(self, keys: Sequence[bytes], rules: Sequence[Rule], now: float, cost: int = 1,
+                   capped: bool = False, shadow: Sequence[bool] = ()) -> tuple[int, list[Decision]]:
+        """One request against several limits (one key and rule each), all or nothing.
+
+        Every limit is decided on this worker's view; if none refuses, every one is
+        charged, else none is. A limit marked ``shadow`` that refuses blocks nothing
+        (and is not charged). Returns the index of the first limit that refused
+        (-1: admitted) and each limit's decision: a refused one says how long until
+        it would admit, an admitted one what it holds after the charge (or would,
+        when another limit refused).
+        """
+        decisions: list[Decision] = []
+        news: list[BucketState | None] = []
+        refused = -1
+        for i, key in enumerate(keys):
+            rule = rules[i]
+            own = self._own.get(key)
+            replica = self.replica(key)
+            view = replica if own is None else join(replica, own)
+            if capped and own is not None:
+                unseen = slot_count(own, self.slot) - slot_count(replica, self.slot)
+                if unseen + cost > self.burst_cap(rule, self._unconfirmed_for(key, now)):
+                    decision = Decision(False, tokens(view, rule, now), max(self.delay_estimate, 0.001))
+                    new = None
+                else:
+                    decision, new = try_consume(view, rule, self.slot, now, cost)
+            else:
+                decision, new = try_consume(view, rule, self.slot, now, cost)
+            decisions.append(decision)
+            news.append(new if decision.allowed else None)
+            if not decision.allowed and refused < 0 and not (shadow and shadow[i]):
+                refused = i
+        if refused < 0:
+            holds = self.holds
+            for i, (key, new) in enumerate(zip(keys, news)):
+                if new is not None:
+                    self._own[key] = new
+                    # each limit is its own bucket, with its own allowance (bucketstream.hold)
+                    if key not in self._dirty and (holds is None or not holds.try_hold(
+                            key, rules[i], now, cost, decisions[i].remaining, self.live_workers)):
+                        self._dirty[key] = now
+        return refused, decisions
+
+    def report(self, key: bytes, rule: Rule, slot: int, now: float, cost: int) -> tuple[float, bool]:
+        """Charge a report of ``cost`` tokens, unconditionally, in its own ``slot``
+        (``crdt.report_slot`` of its id); returns (tokens left, whether it was a duplicate).
+
+        Published like an admission (the key becomes dirty); a duplicate this worker
+        already knows of changes nothing. ``crdt.ReportConflict`` if the slot holds
+        another cost.
+        """
+        view = self.view(key)
+        new = debit(view, rule, slot, now, cost)
+        if new is view:
+            return tokens(view, rule, now), True
+        self._own[key] = new
+        if key not in self._dirty:
+            self._dirty[key] = now
+        return tokens(new, rule, now), False
 
     def burst_cap(self, rule: Rule, unconfirmed_for: float = 0.0) -> float:
         """How much this worker may spend on one key before Kafka shows it that spending.

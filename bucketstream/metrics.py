@@ -33,10 +33,12 @@ class _DecisionCollector:
 
 
 _DECISION_LABELS = ["policy", "outcome", "protocol"]
-_DECISIONS_HELP = ("Decisions by policy, outcome and protocol (http: POST /protected, rls: Envoy's rate limit "
-                   "service over gRPC, one per descriptor); outcomes: allowed, refused, shadow_refused: refused "
-                   "by a shadow rule but let through, overloaded: a new key answered 503 (rls: UNAVAILABLE) "
-                   "while too many admissions wait for Kafka")
+_DECISIONS_HELP = ("Decisions by policy, outcome and protocol (http: POST /protected and /report, rls: Envoy's "
+                   "rate limit service over gRPC, one per descriptor); outcomes: allowed, refused, "
+                   "shadow_refused: refused by a shadow rule but let through, overloaded: a new key answered 503 "
+                   "(rls: UNAVAILABLE) while too many admissions wait for Kafka, reported: a report charged, "
+                   "report_duplicate: a report already charged, not_charged: a limit that would admit, of a "
+                   "request another limit of its rule refused")
 REGISTRY.register(_DecisionCollector())
 
 #: the decision-latency histogram observes one decision in this many (web.protect)

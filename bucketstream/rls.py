@@ -164,6 +164,7 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
         self.domain, self.user_key = settings.rls_domain, settings.rls_user_key
         self._shapes: dict[int, Shape] = {}
         self._tick = 0
+        self._last_all: list = []  # (limit, decision) of the last descriptor with several limits
 
     def _shape(self, policy: Policy) -> Shape:
         found = self._shapes.get(id(policy))
@@ -185,13 +186,17 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
                 policy = rules.policy(user, resource)
             except UnknownResource:
                 raise InvalidArgument(f"descriptor {i}: no rule for resource {resource!r}") from None
-            planned.append((Rules.key(policy, user, resource), policy, cost))
+            if policy.also:  # a rule with several limits: one bucket each, decided together
+                keys = tuple(Rules.key(x, user, resource) for x in policy.limits)
+            else:
+                keys = (Rules.key(policy, user, resource),)
+            planned.append((keys, policy, cost))
         if not worker.ready():
             raise Unavailable("this worker is stopping; try another one" if worker.stopping
                               else "tables are recovering; try again shortly")
         limiter = worker.limiter
-        for key, policy, _ in planned:
-            if not limiter.accepts(key):
+        for keys, policy, _ in planned:
+            if not all(limiter.accepts(key) for key in keys):
                 metrics.decision(policy.name, "overloaded", "rls")
                 raise Unavailable("this worker has too many admissions Kafka has not confirmed yet; try again shortly")
         now, capped = worker.clock(), worker.burst_cap
@@ -199,37 +204,72 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
         response = Response()
         statuses, headers = response.statuses, response.response_headers_to_add
         overall, retry = OK, 0
-        for key, policy, cost in planned:
-            self._tick += 1
-            if self._tick % metrics.DECISION_SAMPLE:
-                decision = limiter.decide(key, policy.rule, now, cost=cost, capped=capped)
+        for keys, policy, cost in planned:
+            if policy.also:
+                decision, limit = self._decide_all(limiter, keys, policy, now, cost, capped)
             else:
-                started = time.perf_counter()
-                decision = limiter.decide(key, policy.rule, now, cost=cost, capped=capped)
-                metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
+                limit = policy
+                self._tick += 1
+                if self._tick % metrics.DECISION_SAMPLE:
+                    decision = limiter.decide(keys[0], policy.rule, now, cost=cost, capped=capped)
+                else:
+                    started = time.perf_counter()
+                    decision = limiter.decide(keys[0], policy.rule, now, cost=cost, capped=capped)
+                    metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
             if decision.allowed:
                 outcome, code = "allowed", OK
-            elif policy.shadow:
+            elif limit.shadow:
                 outcome, code = "shadow_refused", OK  # let through, as /protected's 200
             else:
                 outcome, code = "refused", OVER_LIMIT
                 overall = OVER_LIMIT
                 if math.isfinite(decision.retry_after):  # infinite: a cost above capacity, never
                     retry = max(retry, 1, math.ceil(decision.retry_after))
-            metrics.decision(policy.name, outcome, "rls")
-            f = self._shape(policy)
+            if not policy.also:
+                metrics.decision(policy.name, outcome, "rls")
+            f = self._shape(limit)
             left = decision.remaining
             remaining = max(0, math.floor(left))
             reset = max(0, math.ceil((f.capacity - left) / f.rate))  # seconds until full
             status = statuses.add(code=code, limit_remaining=remaining)
             status.current_limit.CopyFrom(f.limit)
             status.duration_until_reset.seconds = reset
-            headers.add(key="RateLimit-Policy", value=f.policy_header)
-            headers.add(key="RateLimit", value=f"{f.ratelimit_prefix}{remaining};t={reset}")
+            if policy.also:
+                for x, d in self._last_all:
+                    g = self._shape(x)
+                    r = max(0, math.floor(d.remaining))
+                    headers.add(key="RateLimit-Policy", value=g.policy_header)
+                    headers.add(key="RateLimit",
+                                value=f"{g.ratelimit_prefix}{r};t={max(0, math.ceil((g.capacity - d.remaining) / g.rate))}")
+            else:
+                headers.add(key="RateLimit-Policy", value=f.policy_header)
+                headers.add(key="RateLimit", value=f"{f.ratelimit_prefix}{remaining};t={reset}")
         if retry:
             headers.add(key="Retry-After", value=str(retry))
         response.overall_code = overall
         return response
+
+    def _decide_all(self, limiter, keys, policy: Policy, now: float, cost: int, capped: bool):
+        """A descriptor whose rule has several limits: all or nothing (``Limiter.decide_all``), as
+        ``/protected`` decides it. Returns the decision the status reports (the limit that refused,
+        else the one with the fewest tokens left) and that limit; every limit's decision is kept
+        in ``_last_all`` for the headers."""
+        limits = policy.limits
+        shadow = tuple(x.shadow for x in limits) if any(x.shadow for x in limits) else ()
+        refused, answers = limiter.decide_all(list(keys), [x.rule for x in limits], now, cost, capped, shadow)
+        self._last_all = list(zip(limits, answers))
+        if refused >= 0:
+            for x, d in self._last_all:
+                metrics.decision(x.name, "refused" if not d.allowed and not x.shadow else "not_charged", "rls")
+            return answers[refused], limits[refused]
+        for x, d in self._last_all:
+            metrics.decision(x.name, "allowed" if d.allowed else "shadow_refused", "rls")
+        i = min(range(len(limits)), key=lambda j: answers[j].remaining)
+        shown = answers[i]
+        if any(not d.allowed for d in answers):  # only shadow limits refused: let through, say so
+            j = next(j for j, d in enumerate(answers) if not d.allowed)
+            return answers[j], limits[j]
+        return shown, limits[i]
 
     async def ShouldRateLimit(self, request: rls_pb2.RateLimitRequest, context: grpc.aio.ServicerContext) -> Response:
         try:

@@ -66,8 +66,12 @@ RESOURCE_RE = re.compile(r"^[A-Za-z0-9._~-]{1,64}$")
 DEFAULT_POLICY = "default"
 
 
-class _RuleSpec(BaseModel):
+LIMIT_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
+class _LimitSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    name: str
     capacity: Annotated[float, Field(gt=0)]
     rate: Annotated[float, Field(gt=0)]
     shadow: bool = False
@@ -78,6 +82,60 @@ class _RuleSpec(BaseModel):
         if not math.isfinite(v):
             raise ValueError("must be a finite number")
         return v
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not LIMIT_NAME_RE.match(v):
+            raise ValueError(f"limit name {v!r} must match {LIMIT_NAME_RE.pattern}")
+        return v
+
+
+class _RuleSpec(BaseModel):
+    """One limit (``capacity``, ``rate``) or a list of named ``limits``, all of which must admit."""
+
+    model_config = ConfigDict(extra="forbid")
+    capacity: Annotated[float, Field(gt=0)]
+    rate: Annotated[float, Field(gt=0)]
+    shadow: bool = False
+    limits: list[_LimitSpec] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_or_a_list(cls, data: object) -> object:
+        # capacity and rate stay required fields (so a missing one is named by its
+        # path, e.g. resources.search.rate); a list of limits stands in for them
+        if isinstance(data, dict) and "limits" in data:
+            if {"capacity", "rate", "shadow"} & data.keys():
+                raise ValueError("give capacity and rate, or a list of limits (each with its own shadow), not both")
+            return {**data, "capacity": 1, "rate": 1}  # unused: build() reads the limits
+        return data
+
+    @field_validator("capacity", "rate")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("must be a finite number")
+        return v
+
+    @field_validator("limits")
+    @classmethod
+    def _named_once(cls, limits: list[_LimitSpec] | None) -> list[_LimitSpec] | None:
+        if limits is not None:
+            if not limits:
+                raise ValueError("limits must not be empty")
+            names = [limit.name for limit in limits]
+            if len(set(names)) != len(names):
+                raise ValueError(f"limit names must be distinct, got {names}")
+        return limits
+
+    def build(self, name: str) -> "Policy":
+        """The policy: its first limit, carrying the others in ``also``."""
+        if self.limits is None:
+            return Policy.build(name, self.capacity, self.rate, self.shadow)
+        first, *others = [Policy.build(f"{name}:{limit.name}", limit.capacity, limit.rate, limit.shadow,
+                                       named=True) for limit in self.limits]
+        return first.with_also(tuple(others))
 
 
 class _TierSpec(_RuleSpec):
@@ -106,18 +164,36 @@ class _LimitsFile(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """One rule as requests see it: its limits, its name, and its key prefix."""
+    """One rule as requests see it: its limits, its name, and its key prefix.
 
-    name: str  # "default", "search", "gold", "gold/search": for headers and metrics
+    A rule with several limits is its first limit, with the others in ``also``
+    (empty for the usual single limit): each limit is a Policy of its own, with
+    its own bucket key, history and shadow flag, named ``<rule>:<limit>``.
+    """
+
+    name: str  # "default", "search", "gold", "gold/search", "default:day": for headers and metrics
     rule: Rule
     shadow: bool
-    version: str  # fingerprint of capacity and rate
+    version: str  # fingerprint of capacity and rate (and of the name, for a limit in a list)
+    also: tuple["Policy", ...] = ()  # the rule's other limits, all of which must admit too
+    named: bool = False  # a limit in a list: its fingerprint includes its name
 
     @classmethod
-    def build(cls, name: str, capacity: float, rate: float, shadow: bool = False) -> "Policy":
+    def build(cls, name: str, capacity: float, rate: float, shadow: bool = False, named: bool = False) -> "Policy":
+        """``named``: the fingerprint includes the name (limits in a list: two limits of one
+        rule with the same capacity and rate must still be two buckets)."""
         rule = Rule(capacity, rate)
-        digest = hashlib.blake2s(f"{rule.capacity!r}/{rule.rate!r}/{rule.epoch!r}".encode(), digest_size=4)
-        return cls(name, rule, shadow, digest.hexdigest())
+        text = f"{rule.capacity!r}/{rule.rate!r}/{rule.epoch!r}"
+        digest = hashlib.blake2s((f"{name}:{text}" if named else text).encode(), digest_size=4)
+        return cls(name, rule, shadow, digest.hexdigest(), (), named)
+
+    def with_also(self, also: tuple["Policy", ...]) -> "Policy":
+        return Policy(self.name, self.rule, self.shadow, self.version, also, self.named)
+
+    @property
+    def limits(self) -> tuple["Policy", ...]:
+        """Every limit of the rule, this one first."""
+        return (self, *self.also)
 
 
 class UnknownResource(LookupError):
@@ -152,10 +228,11 @@ class Rules:
         self._next: dict[str, Policy] = {}  # an earlier version -> the version that replaced it
 
     def all_policies(self) -> list[Policy]:
+        """Every limit of every rule (a rule with several limits gives each)."""
         out = [self.default, *self.resources.values()]
         for tier, per_resource in self.tiers.values():
             out += [tier, *per_resource.values()]
-        return out
+        return [limit for p in out for limit in p.limits]
 
     def policy(self, user: str, resource: str | None) -> Policy:
         tier_name = self.users.get(user)
@@ -222,7 +299,7 @@ class Rules:
             older: Policy | None = None
             for entry in recorded.get(p.name, []):
                 try:
-                    policy = Policy.build(p.name, entry["capacity"], entry["rate"], p.shadow)
+                    policy = Policy.build(p.name, entry["capacity"], entry["rate"], p.shadow, p.named)
                 except (KeyError, TypeError, ValueError):
                     older = None
                     continue
@@ -245,9 +322,11 @@ class Rules:
             return None
         try:
             version, resource, user = self.parse_key(key)
-            name = self.policy(user, resource).name
+            policy = self.policy(user, resource)
         except (ValueError, UnknownResource):
             return None
+        # the limit of the user's rule this key is a bucket of (the rule itself, usually)
+        name = next((p.name for p in policy.also if p.version == version), policy.name)
         found = self._previous.get((name, version))
         if found is None:
             return None
@@ -292,12 +371,10 @@ class Rules:
             )
             raise ConfigError(f"{where}: {problems}") from None
         d = spec.default
-        default = Policy.build(DEFAULT_POLICY, *(fallback if d is None else (d.capacity, d.rate)),
-                               shadow=bool(d and d.shadow))
-        resources = {n: Policy.build(n, r.capacity, r.rate, r.shadow) for n, r in spec.resources.items()}
+        default = Policy.build(DEFAULT_POLICY, *fallback) if d is None else d.build(DEFAULT_POLICY)
+        resources = {n: r.build(n) for n, r in spec.resources.items()}
         tiers = {
-            n: (Policy.build(n, t.capacity, t.rate, t.shadow),
-                {r: Policy.build(f"{n}/{r}", s.capacity, s.rate, s.shadow) for r, s in t.resources.items()})
+            n: (t.build(n), {r: s.build(f"{n}/{r}") for r, s in t.resources.items()})
             for n, t in spec.tiers.items()
         }
         return cls(default, resources, tiers, dict(spec.users), spec.strict_resources)

@@ -35,7 +35,7 @@ from faust.web import Request, View
 
 from bucketstream import crdt, metrics, patches
 from bucketstream.rules import Policy, Rules, UnknownResource
-from bucketstream.validate import BadRequest, check_key, check_resource, parse_user
+from bucketstream.validate import BadRequest, check_key, check_resource, parse_cost, parse_report_id, parse_user
 from bucketstream.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -152,6 +152,11 @@ def decision_response(decision: crdt.Decision, policy: Policy, shadow_refused: b
     return _Response(body=f'{head}, "retry_after": {retry}}}'.encode(), status=429, headers=headers)
 
 
+def cost_too_big(cost: int, policy: Policy) -> str:
+    return (f"X-Cost {cost} is more than policy {policy.name!r} can ever grant "
+            f"(capacity {_number(policy.rule.capacity)})")
+
+
 def not_ready(worker: Worker) -> aioweb.Response:
     if worker.stopping:
         return error(503, "this worker is stopping; try another one", {"Retry-After": "1"})
@@ -179,10 +184,13 @@ def protector(worker: Worker):
 
     def protect(request, resource: str | None) -> aioweb.Response:
         nonlocal tick
+        headers = request.headers
         try:
-            user = parse_user(request.headers)
+            user = parse_user(headers)
             if resource is not None:
                 resource = check_resource(resource)
+            # X-Cost: absent on the default path, which pays one dict lookup for it
+            cost = 1 if headers.get("X-Cost") is None else parse_cost(headers)
         except BadRequest as exc:
             metrics.BAD_REQUESTS.labels("bad_request").inc()
             return error(400, str(exc))
@@ -191,6 +199,11 @@ def protector(worker: Worker):
         except UnknownResource:
             metrics.BAD_REQUESTS.labels("unknown_resource").inc()
             return error(404, f"no rule for resource {resource!r}")
+        if cost != 1 and cost > policy.rule.capacity:
+            metrics.BAD_REQUESTS.labels("bad_request").inc()
+            return error(400, cost_too_big(cost, policy))
+        if policy.also:
+            return protect_all(user, resource, policy, cost)
         if not ready():
             return not_ready(worker)
         key = Rules.key(policy, user, resource)
@@ -199,10 +212,10 @@ def protector(worker: Worker):
             return overloaded()
         tick += 1
         if tick % DECISION_SAMPLE:
-            answer = decide(key, policy.rule, clock(), capped=capped)
+            answer = decide(key, policy.rule, clock(), cost, capped)
         else:
             started = perf_counter()
-            answer = decide(key, policy.rule, clock(), capped=capped)
+            answer = decide(key, policy.rule, clock(), cost, capped)
             observe(perf_counter() - started)
         if answer.allowed:
             decision(policy.name, "allowed")
@@ -213,13 +226,227 @@ def protector(worker: Worker):
         decision(policy.name, "refused")
         return decision_response(answer, policy)
 
+    decide_all = limiter.decide_all
+    key_of = Rules.key
+
+    def protect_all(user: str, resource: str | None, policy: Policy, cost: int) -> aioweb.Response:
+        """A rule with several limits: admitted only if every limit admits; then all are charged."""
+        m = _multi(policy)
+        if cost > m.min_capacity:
+            metrics.BAD_REQUESTS.labels("bad_request").inc()
+            return error(400, cost_too_big(cost, next(x for x in m.limits if cost > x.rule.capacity)))
+        if not ready():
+            return not_ready(worker)
+        keys = [key_of(limit, user, resource) for limit in m.limits]
+        for key in keys:
+            if not accepts(key):
+                decision(policy.name, "overloaded")
+                return overloaded()
+        refused, answers = decide_all(keys, m.rules, clock(), cost, capped, m.shadow)
+        for limit, answer in zip(m.limits, answers):
+            if answer.allowed:
+                decision(limit.name, "allowed" if refused < 0 else "not_charged")
+            else:
+                decision(limit.name, "shadow_refused" if limit.shadow else "refused")
+        return decisions_response(answers, policy, refused)
+
     return protect
 
 
-def bucket_view(worker: Worker, table: faust.Table, app: faust.App, user: str, resource: str | None,
-                debug: bool) -> dict:
-    """One bucket in its user's terms; with ``debug``, the CRDT's internals as well."""
+class _Multi(NamedTuple):
+    """What every answer of a rule with several limits shares, built once (``decisions_response``)."""
+
+    policy: Policy
+    limits: tuple[Policy, ...]
+    rules: tuple[crdt.Rule, ...]
+    shadow: tuple[bool, ...]  # () when no limit is in shadow mode
+    min_capacity: float
+    formats: tuple[_Format, ...]
+    names: tuple[str, ...]  # each limit's name, JSON-encoded
+    entry_heads: tuple[str, ...]  # '{"policy": <name>, "allowed": '
+    limit_json: tuple[str, ...]  # each limit's capacity, JSON-encoded
+    policy_header: str  # RateLimit-Policy: every limit
+
+
+_multis: dict[int, _Multi] = {}
+
+
+def _multi(policy: Policy) -> _Multi:
+    m = _multis.get(id(policy))
+    if m is None or m.policy is not policy:
+        limits = policy.limits
+        formats = tuple(_format(x) for x in limits)
+        names = tuple(json.dumps(x.name) for x in limits)
+        m = _multis[id(policy)] = _Multi(
+            policy, limits, tuple(x.rule for x in limits),
+            tuple(x.shadow for x in limits) if any(x.shadow for x in limits) else (),
+            min(x.rule.capacity for x in limits), formats, names,
+            tuple(f'{{"policy": {n}, "allowed": ' for n in names),
+            tuple(json.dumps(_number(x.rule.capacity)) for x in limits),
+            ", ".join(f.policy_header for f in formats),
+        )
+    return m
+
+
+def decisions_response(answers: list[crdt.Decision], policy: Policy, refused: int) -> aioweb.Response:
+    """The answer for a rule with several limits: 200 or 429, every limit in the body and
+    in the RateLimit headers (a list, as the IETF draft allows).
+
+    The body is the JSON of ``{"allowed", "remaining", "limit", "reset", "policy"[,
+    "refused_by", "retry_after" | "shadow", "shadow_refused_by"], "limits"}``:
+    ``policy`` (and ``remaining``, ``limit``, ``reset``) are those of the limit that
+    refused, or, when admitted, of the limit with the fewest tokens left; ``limits`` has
+    each limit's ``{"policy", "allowed", "remaining", "limit", "reset"}``. ``Retry-After``
+    is the time until every limit would admit (the longest wait: buckets only fill
+    while nothing is spent). Built from fragments encoded once per rule (the hot path).
+    """
+    m = _multi(policy)
+    entries = []
+    ratelimit = []
+    about = refused
+    lowest = math.inf
+    for i, answer in enumerate(answers):
+        f = m.formats[i]
+        left = answer.remaining
+        if refused < 0 and left < lowest:
+            lowest, about = left, i
+        remaining = _floor(left)
+        if remaining < 0:
+            remaining = 0
+        reset = _ceil((f.capacity - left) / f.rate)
+        if reset < 0:
+            reset = 0
+        ratelimit.append(f"{f.ratelimit_prefix}{remaining};t={reset}")
+        entries.append((remaining, reset, f'{m.entry_heads[i]}{"true" if answer.allowed else "false"}, '
+                                          f'"remaining": {remaining}, "limit": {m.limit_json[i]}, "reset": {reset}}}'))
+    remaining, reset, _ = entries[about]
+    headers = {"Content-Type": _JSON, "RateLimit-Policy": m.policy_header, "RateLimit": ", ".join(ratelimit)}
+    head = (f'{{"allowed": {"true" if refused < 0 else "false"}, "remaining": {remaining}, '
+            f'"limit": {m.limit_json[about]}, "reset": {reset}, "policy": {m.names[about]}')
+    tail = f', "limits": [{", ".join(e[2] for e in entries)}]}}'
+    if refused >= 0:
+        wait = 0.0
+        for answer, limit in zip(answers, m.limits):
+            if not limit.shadow and answer.retry_after > wait:
+                wait = answer.retry_after
+        retry = max(1, _ceil(wait))
+        headers["Retry-After"] = str(retry)
+        body = f'{head}, "refused_by": {m.names[refused]}, "retry_after": {retry}{tail}'
+        return _Response(body=body.encode(), status=429, headers=headers)
+    if m.shadow:
+        shadowed = [m.names[i] for i, answer in enumerate(answers) if not answer.allowed]
+        if shadowed:
+            body = f'{head}, "shadow": "would refuse", "shadow_refused_by": [{", ".join(shadowed)}]{tail}'
+            return _Response(body=body.encode(), headers=headers)
+    return _Response(body=f"{head}{tail}".encode(), headers=headers)
+
+
+def report_response(limits: tuple[Policy, ...], lefts: list[float], cost: int, duplicate: bool,
+                    report_id: str) -> aioweb.Response:
+    """200 after a report: each limit's level now (``tokens`` is negative in debt) and the
+    RateLimit headers, as for a decision; the top-level fields are those of the limit
+    with the fewest tokens."""
+    entries, policy_headers, ratelimit = [], [], []
+    for limit, left in zip(limits, lefts):
+        f = _format(limit)
+        remaining = max(0, _floor(left))
+        reset = max(0, _ceil((f.capacity - left) / f.rate))
+        policy_headers.append(f.policy_header)
+        ratelimit.append(f"{f.ratelimit_prefix}{remaining};t={reset}")
+        entries.append({"policy": limit.name, "tokens": left, "remaining": remaining, "limit": _number(f.capacity),
+                        "reset": reset})
+    about = min(range(len(lefts)), key=lefts.__getitem__)
+    body = {"charged": cost, "duplicate": duplicate, "report_id": report_id, **entries[about], "limits": entries}
+    headers = {"RateLimit-Policy": ", ".join(policy_headers), "RateLimit": ", ".join(ratelimit)}
+    return _json(body, headers=headers)
+
+
+def reporter(worker: Worker):
+    """``report(request, resource)``: charge a cost known after the response, once per id."""
+    rules, limiter, ready, clock = worker.rules, worker.limiter, worker.ready, worker.clock
+
+    def report(request, resource: str | None) -> aioweb.Response:
+        headers = request.headers
+        try:
+            user = parse_user(headers)
+            if resource is not None:
+                resource = check_resource(resource)
+            if headers.get("X-Cost") is None:
+                raise BadRequest("missing X-Cost header (the tokens this report charges)")
+            cost = parse_cost(headers)
+            report_id = parse_report_id(headers)
+        except BadRequest as exc:
+            metrics.BAD_REQUESTS.labels("bad_request").inc()
+            return error(400, str(exc))
+        try:
+            policy = rules.policy(user, resource)
+        except UnknownResource:
+            metrics.BAD_REQUESTS.labels("unknown_resource").inc()
+            return error(404, f"no rule for resource {resource!r}")
+        if not ready():
+            return not_ready(worker)
+        limits = policy.limits
+        keys = [Rules.key(limit, user, resource) for limit in limits]
+        if not all(limiter.accepts(key) for key in keys):
+            metrics.decision(policy.name, "overloaded")
+            return overloaded()
+        slot = crdt.report_slot(report_id)
+        for key in keys:  # checked on every limit first: a conflict charges none of them
+            have = limiter.view(key).counters.get(slot)
+            if have is not None and have != cost:
+                metrics.BAD_REQUESTS.labels("report_conflict").inc()
+                return error(409, f"report {report_id!r} was already charged {have} tokens, not {cost}")
+        now = clock()
+        lefts = []
+        duplicate = True
+        for key, limit in zip(keys, limits):
+            left, seen = limiter.report(key, limit.rule, slot, now, cost)
+            lefts.append(left)
+            duplicate = duplicate and seen
+            metrics.decision(limit.name, "report_duplicate" if seen else "reported")
+        return report_response(limits, lefts, cost, duplicate, report_id)
+
+    return report
+
+
+def peek(worker: Worker, user: str, resource: str | None) -> dict:
+    """Every limit that applies to ``user`` (and ``resource``), in the user's terms; spends nothing."""
     policy = worker.rules.policy(user, resource)
+    now = worker.clock()
+    limits = []
+    for limit in policy.limits:
+        rule = limit.rule
+        left = crdt.tokens(worker.limiter.view(Rules.key(limit, user, resource)), rule, now)
+        limits.append({
+            "policy": limit.name,
+            "tokens": left,
+            "remaining": max(0, _floor(left)),
+            "capacity": _number(rule.capacity),
+            "rate": _number(rule.rate),
+            "seconds_until_full": max(0.0, (rule.capacity - left) / rule.rate),
+            "shadow": limit.shadow,
+        })
+    return {"user": user, "resource": resource, "limits": limits}
+
+
+def pick_limit(policy: Policy, limit: str | None) -> Policy:
+    """The limit of a rule named ``limit`` (``day`` or ``default:day``; None: the first)."""
+    if limit is None:
+        return policy
+    for x in policy.limits:
+        if limit in (x.name, x.name.rsplit(":", 1)[-1]):
+            return x
+    raise BadRequest(f"policy {policy.name!r} has no limit {limit!r} (it has: {', '.join(x.name for x in policy.limits)})")
+
+
+def bucket_view(worker: Worker, table: faust.Table, app: faust.App, user: str, resource: str | None,
+                debug: bool, limit: str | None = None) -> dict:
+    """One bucket in its user's terms; with ``debug``, the CRDT's internals as well.
+
+    A rule with several limits has a bucket per limit: ``limit`` names which (the first
+    by default); ``limits`` lists them all."""
+    rule_policy = worker.rules.policy(user, resource)
+    policy = pick_limit(rule_policy, limit)
     limiter = worker.limiter
     now = worker.clock()
     k = Rules.key(policy, user, resource)
@@ -232,6 +459,7 @@ def bucket_view(worker: Worker, table: faust.Table, app: faust.App, user: str, r
         "user": user,
         "resource": resource,
         "policy": policy.name,
+        "limits": [x.name for x in rule_policy.limits],
         "shadow": policy.shadow,
         "tokens": tokens,
         "capacity": _number(rule.capacity),
@@ -300,14 +528,41 @@ def register(app: faust.App, worker: Worker, table: faust.Table) -> None:
         """POST /protected/{resource}: one token from the caller's bucket for that resource."""
         return protect(request, request.match_info["resource"])
 
+    report = reporter(worker)
+
+    async def reported(request: aioweb.Request) -> aioweb.Response:
+        """POST /report: charge X-Cost tokens to the caller's default bucket, once per X-Report-ID."""
+        return report(request, None)
+
+    async def reported_resource(request: aioweb.Request) -> aioweb.Response:
+        """POST /report/{resource}: the same, to the caller's bucket for that resource."""
+        return report(request, request.match_info["resource"])
+
     router = app.web.web_app.router
     router.add_post("/protected", protected)
     router.add_post("/protected/{resource}", protected_resource)
+    router.add_post("/report", reported)
+    router.add_post("/report/{resource}", reported_resource)
+
+    @app.page("/limits/{user}")
+    class Limits(View):
+        """GET /limits/{user}[?resource=R]: how much is left, for every limit that applies; spends nothing."""
+
+        async def get(self, request: Request, user: str) -> aioweb.Response:
+            try:
+                user = check_key(user, "user")
+                resource = check_resource(request.query.get("resource"))
+                return _json(peek(worker, user, resource))
+            except BadRequest as exc:
+                return error(400, str(exc))
+            except UnknownResource:
+                return error(404, f"no rule for resource {resource!r}")
 
     @app.page("/buckets/{user}")
     class BucketView(View):
-        """GET /buckets/{user}[?resource=R][&debug=1]: this worker's view of one bucket, in its
-        user's terms; ``debug=1`` adds the CRDT's internals (operators, tests)."""
+        """GET /buckets/{user}[?resource=R][&limit=L][&debug=1]: this worker's view of one bucket, in
+        its user's terms; ``limit`` picks one of a rule's several limits; ``debug=1`` adds the
+        CRDT's internals (operators, tests)."""
 
         async def get(self, request: Request, user: str) -> aioweb.Response:
             if (refused := denied(request)) is not None:
@@ -318,7 +573,8 @@ def register(app: faust.App, worker: Worker, table: faust.Table) -> None:
                 debug = request.query.get("debug", "0")
                 if debug not in ("0", "1"):
                     raise BadRequest(f"debug must be 0 or 1, got {debug!r}")
-                return _json(bucket_view(worker, table, app, user, resource, debug == "1"))
+                limit = request.query.get("limit")
+                return _json(bucket_view(worker, table, app, user, resource, debug == "1", limit))
             except BadRequest as exc:
                 return error(400, str(exc))
             except UnknownResource:

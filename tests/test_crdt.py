@@ -37,13 +37,16 @@ from bucketstream.crdt import (
     CodecError,
     Decision,
     Rule,
+    ReportConflict,
     carry_over,
+    debit,
     decode,
     encode,
     exact,
     is_full,
     join,
     leq,
+    report_slot,
     retry_after,
     tokens,
     try_consume,
@@ -721,3 +724,109 @@ def test_carrying_over_later_never_gives_more_when_the_old_bucket_is_untouched(o
 def test_carried_states_round_trip_through_the_codec(old, old_rule, new_rule, t):
     carried = carry_over(old, old_rule, new_rule, at(t))
     assert decode(encode(carried)) == carried
+
+
+# -- reports: debit, charged once per id --------------------------------------------------
+
+
+@given(Rules, st.lists(st.tuples(Gaps, st.integers(1, 60), st.booleans()), min_size=1, max_size=40), NodeIds)
+def test_admissions_and_debits_on_one_node_are_exactly_a_serialized_bucket(rule, schedule, node):
+    """Debits (reports) interleaved with admissions match ``level = min(C, level + r·Δt)``,
+    admit if ``level ≥ cost``, debit always (into debt): exactly, as for admissions alone.
+
+    This is the check of ``W`` for an unconditional debit: raising it on a bucket that
+    was not full would show up as fewer tokens here, not raising it on a full one as more.
+    """
+    cap, rate = exact(rule.capacity), exact(rule.rate)
+    level, last = cap, 0
+    state, t = BOTTOM, 0
+    for i, (gap, cost, report) in enumerate(schedule):
+        t += gap
+        level = min(cap, level + rate * (t - last) / US)
+        last = t
+        if report:
+            state = debit(state, rule, report_slot(f"report-{i}"), at(t), cost)
+            level -= cost
+        else:
+            decision, state = try_consume(state, rule, node, at(t), cost)
+            assert decision.allowed == (level >= cost)
+            if decision.allowed:
+                level -= cost
+        assert tokens(state, rule, at(t)) == float(level)
+
+
+@given(Rules, States, Ticks, Costs, st.text(min_size=1, max_size=20))
+def test_a_debit_only_moves_a_state_up_and_raises_w_only_on_a_full_bucket(rule, s, ticks, cost, rid):
+    slot = report_slot(rid)
+    if slot in s.counters:
+        return
+    s2 = debit(s, rule, slot, at(ticks), cost)
+    assert leq(s, s2) and s2.consumed == s.consumed + cost and s2.counters[slot] == cost
+    full = uncapped(s, rule, ticks) > exact(rule.capacity)
+    assert (s2.wasted > s.wasted) == full
+    if full:
+        assert uncapped(s2, rule, ticks) == exact(rule.capacity) - cost
+
+
+@given(Histories, st.integers(0, 10**7), st.integers(0, 10**7), Costs, st.text(min_size=1, max_size=20))
+def test_the_same_report_applied_by_two_workers_is_charged_once(h, gap1, gap2, cost, rid):
+    """Two workers that have not heard of each other's application both set the id's slot to
+    ``cost``: the join is charged ``cost`` once. Placed at the later of the two times at
+    worst, so it holds at most ``r·(t2 - t1)`` fewer tokens than the first alone, never more."""
+    slot = report_slot(rid)
+    base = h.merged
+    if slot in base.counters:
+        return
+    t1, t2 = h.end + gap1, h.end + gap1 + gap2
+    a = debit(base, h.rule, slot, at(t1), cost)
+    b = debit(base, h.rule, slot, at(t2), cost)
+    both = join(a, b)
+    assert both.consumed == base.consumed + cost
+    assert debit(both, h.rule, slot, at(t2), cost) is both  # a third copy: nothing
+    cap = exact(h.rule.capacity)
+    for t in (t2, t2 + 10 * US):
+        first_alone = min(cap, uncapped(a, h.rule, t))
+        level = min(cap, uncapped(both, h.rule, t))
+        assert first_alone - min(cost, exact(h.rule.rate) * (t2 - t1) / US) <= level <= first_alone
+
+
+@given(Histories, Costs, Costs)
+def test_different_report_ids_are_charged_twice(h, c1, c2):
+    base = h.merged
+    s1, s2 = report_slot("id-1"), report_slot("id-2")
+    assert s1 != s2
+    a = debit(base, h.rule, s1, at(h.end), c1)
+    b = debit(base, h.rule, s2, at(h.end), c2)
+    assert join(a, b).consumed == base.consumed + c1 + c2
+
+
+def test_a_report_id_with_another_cost_is_a_conflict():
+    rule = Rule(10, 1)
+    slot = report_slot("r1")
+    s = debit(BOTTOM, rule, slot, at(0), 3)
+    assert debit(s, rule, slot, at(5), 3) is s
+    with pytest.raises(ReportConflict, match="holds 3 tokens, not 4"):
+        debit(s, rule, slot, at(5), 4)
+
+
+def test_a_debt_refuses_until_refill_repays_it():
+    rule = Rule(10, 1)  # full at 0
+    s = debit(BOTTOM, rule, report_slot("big"), at(0), 15)  # level -5
+    assert tokens(s, rule, at(0)) == -5
+    decision, s2 = try_consume(s, rule, 1, at(5_900_000), 1)  # level 0.9
+    assert not decision.allowed and s2 is s
+    assert decision.retry_after == pytest.approx(0.1)
+    decision, _ = try_consume(s, rule, 1, at(6_000_000), 1)
+    assert decision.allowed
+
+
+@given(st.text(max_size=50))
+def test_report_slots_are_63_bit_and_deterministic(rid):
+    slot = report_slot(rid)
+    assert 0 <= slot < MAX_NODE and slot == report_slot(rid)
+
+
+@pytest.mark.parametrize("cost", [0, -1, 1.5, True, None])
+def test_a_debit_cost_must_be_a_positive_int(cost):
+    with pytest.raises(ValueError, match="cost"):
+        debit(BOTTOM, Rule(10, 1), 1, at(0), cost)

@@ -83,8 +83,8 @@ def refused(worker) -> float:
 
 @pytest.mark.broker
 def test_ten_second_headless_run_against_two_workers_has_zero_failures(pool, tmp_path):
-    """The mix (hot callers, long tail, /protected and three resources) spread over two
-    workers: every answer checks out, and the hot callers did get 429s."""
+    """The mix (hot callers, long tail, weighted callers with reports, /protected and three
+    resources) spread over two workers: every answer checks out, and the hot callers did get 429s."""
     workers = pool.start(2, capacity=10, rate=1)
     hosts = [f"http://127.0.0.1:{w.port}" for w in workers]
     env = {k: v for k, v in os.environ.items() if not k.startswith("BUCKETSTREAM_")}
@@ -101,10 +101,38 @@ def test_ten_second_headless_run_against_two_workers_has_zero_failures(pool, tmp
         rows = {r["Name"]: r for r in csv.DictReader(f)}
     total = rows["Aggregated"]
     assert int(total["Request Count"]) > 0 and int(total["Failure Count"]) == 0, report
-    assert {"/protected", "/protected/search", "/protected/upload", "/protected/export"} <= set(rows), report
+    assert {"/protected", "/protected/search", "/protected/upload", "/protected/export",
+            "/protected (X-Cost)", "/report"} <= set(rows), report
 
     # the CSV can miss the last second (Locust writes it periodically); the HTML report is final
     final = html_stats(tmp_path / "locust.html")["Aggregated"]
     assert final["num_requests"] >= int(total["Request Count"]) and final["num_failures"] == 0, report
 
     assert all(refused(w) > 0 for w in workers), "every worker refused someone, and that was no failure"
+
+
+REPORTS = [
+    (200, {"charged": 3, "duplicate": False, "tokens": -1.5, "remaining": 0}, 3, False, None),
+    (200, {"charged": 3, "duplicate": True, "tokens": 2.0, "remaining": 2}, 3, None, None),
+    (200, {"charged": 3, "duplicate": False, "tokens": 2.0, "remaining": 2}, 3, True, "duplicate=False, expected True"),
+    (200, {"charged": 2, "duplicate": False, "tokens": 2.0, "remaining": 2}, 3, None, "charged=3"),
+    (200, {"charged": 3, "duplicate": False}, 3, None, "without tokens/remaining"),
+    (409, {"error": "report 'x' was already charged 2 tokens, not 3"}, 3, None, "report answered 409"),
+    (200, "<html>", 3, None, "not JSON"),
+]
+
+
+def test_report_checks_accept_correct_answers_and_name_what_is_wrong():
+    """The validator the weighted Locust users apply to ``POST /report`` answers."""
+    cases = [(s, b if isinstance(b, str) else json.dumps(b), c, d) for s, b, c, d, _ in REPORTS]
+    script = ("import json, sys, locustfile\n"
+              "print(json.dumps([locustfile.report_problem(*case) for case in json.load(sys.stdin)]))")
+    proc = subprocess.run([sys.executable, "-c", script], input=json.dumps(cases), capture_output=True,
+                          text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    reasons = json.loads(proc.stdout.splitlines()[-1])
+    for (*_, expected), reason in zip(REPORTS, reasons, strict=True):
+        if expected is None:
+            assert reason is None, reason
+        else:
+            assert reason is not None and expected in reason, (expected, reason)

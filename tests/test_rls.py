@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from multidict import CIMultiDict
 
 from bucketstream import metrics, rls
+from bucketstream.rules import Rules
 from bucketstream.settings import Settings
 from bucketstream.web import decision_response, protector
 from bucketstream.worker import Worker
@@ -394,3 +395,31 @@ def test_bad_rls_settings_are_named(overrides, problem):
     from bucketstream.settings import ConfigError, load
     with pytest.raises(ConfigError, match=problem):
         load(overrides)
+
+
+def test_a_rule_with_two_limits_is_decided_all_or_nothing_and_names_the_limit_that_refused(tmp_path):
+    """As /protected: 3 per second and 5 per 100 s; the second limit refuses the sixth call
+    although the first has tokens again, and neither limit is charged by a refused call."""
+    limits = tmp_path / "limits.toml"
+    limits.write_text('[default]\nlimits = [{ name = "second", capacity = 3, rate = 3 }, '
+                      '{ name = "long", capacity = 5, rate = 0.05 }]\n')
+    clock = Clock()
+    w = ready_worker(clock, limits=limits)
+
+    async def calls(channel):
+        out = []
+        for i in range(7):
+            out.append(await should(channel, request(descriptor(user="alice"))))
+            clock.now += 0.4  # the per-second limit refills more than one token meanwhile
+        return out
+
+    answers = serve(w, calls)
+    assert [a.overall_code for a in answers] == [OK] * 5 + [OVER_LIMIT] * 2
+    refused = answers[5]
+    (status,) = refused.statuses
+    # the long limit's: 5 spent less 2 s of refill at 0.05/s, 98 s until full
+    assert status.limit_remaining == 0 and status.duration_until_reset.seconds == 98
+    policies = [v for k, v in headers_of(refused) if k == "RateLimit-Policy"]
+    assert policies == ['"default:second";q=3;w=1', '"default:long";q=5;w=100']
+    view = w.limiter.view(Rules.key(w.rules.policy("alice", None), "alice", None))
+    assert view.consumed == 5  # the refused calls charged the per-second limit nothing either
