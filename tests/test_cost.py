@@ -235,7 +235,8 @@ def test_a_report_reaches_the_other_worker_as_fast_as_an_admission(pool):
     Printed (``-s``); the check is only that neither is far slower than the other."""
     import time
 
-    a, b = pool.start(2, capacity=1000, rate=0.001)
+    # hold_share 0: an admission far from the limit would otherwise stay on its worker
+    a, b = pool.start(2, capacity=1000, rate=0.001, hold_share=0)
 
     def seen_after(send, user: str) -> float:
         before = peek(b, user)["limits"][0]["tokens"]

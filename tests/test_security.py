@@ -168,7 +168,8 @@ def cli(*args: str, env: dict, timeout: float = 60) -> subprocess.CompletedProce
 
 @broker
 def test_two_workers_with_the_right_credentials_agree_and_table_dump_reads_it(secure_pool, secure_broker):
-    a, b = secure_pool.start(2, admin_token="admin-t0ken")
+    # hold_share 0: every admission published, so that both views and the table count all four
+    a, b = secure_pool.start(2, admin_token="admin-t0ken", hold_share=0)
     auth = {"Authorization": "Bearer admin-t0ken"}
     for _ in range(3):
         assert a.protected("alice")[0] == 200
