@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bucketstream.crdt import Rule
 from bucketstream.settings import ConfigError
@@ -69,19 +69,22 @@ DEFAULT_POLICY = "default"
 LIMIT_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
 
+def _finite(v: float) -> float:
+    if not math.isfinite(v):
+        raise ValueError("must be a finite number")
+    return v
+
+
+#: a capacity or a rate: a finite number above 0
+Positive = Annotated[float, Field(gt=0), AfterValidator(_finite)]
+
+
 class _LimitSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
-    capacity: Annotated[float, Field(gt=0)]
-    rate: Annotated[float, Field(gt=0)]
+    capacity: Positive
+    rate: Positive
     shadow: bool = False
-
-    @field_validator("capacity", "rate")
-    @classmethod
-    def _finite(cls, v: float) -> float:
-        if not math.isfinite(v):
-            raise ValueError("must be a finite number")
-        return v
 
     @field_validator("name")
     @classmethod
@@ -95,8 +98,8 @@ class _RuleSpec(BaseModel):
     """One limit (``capacity``, ``rate``) or a list of named ``limits``, all of which must admit."""
 
     model_config = ConfigDict(extra="forbid")
-    capacity: Annotated[float, Field(gt=0)]
-    rate: Annotated[float, Field(gt=0)]
+    capacity: Positive
+    rate: Positive
     shadow: bool = False
     limits: list[_LimitSpec] | None = None
 
@@ -110,13 +113,6 @@ class _RuleSpec(BaseModel):
                 raise ValueError("give capacity and rate, or a list of limits (each with its own shadow), not both")
             return {**data, "capacity": 1, "rate": 1}  # unused: build() reads the limits
         return data
-
-    @field_validator("capacity", "rate")
-    @classmethod
-    def _finite(cls, v: float) -> float:
-        if not math.isfinite(v):
-            raise ValueError("must be a finite number")
-        return v
 
     @field_validator("limits")
     @classmethod
