@@ -23,14 +23,15 @@ MISSING = [m for m in ("matplotlib", "redis") if importlib.util.find_spec(m) is 
 
 
 @pytest.mark.skipif(bool(MISSING), reason=f"bench extras missing ({', '.join(MISSING)}): pip install -e '.[bench]'")
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(480)
 def test_bench_smoke(broker, tmp_path):
     out = tmp_path / "results"
     env = {k: v for k, v in os.environ.items() if not k.startswith("BUCKETSTREAM_")}
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke", "--phases", "ceiling,redis,worker,replication,recovery",
+        [sys.executable, "-m", "bench", "--smoke", "--phases",
+         "ceiling,redis,worker,replication,limits,scaleout,recovery",
          "--broker", broker.bootstrap, "--out", str(out)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=280,
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=450,
     )
     assert done.returncode == 0, done.stdout[-4000:]
 
@@ -38,7 +39,8 @@ def test_bench_smoke(broker, tmp_path):
     for row in ("(1) ceiling: bare aiohttp handler", "(2) bucketstream, unique users", "(2) bucketstream, one hot user",
                 "(3) aiohttp + Redis Lua, unique users", "(3) aiohttp + Redis Lua, one hot user",
                 "## Kafka messages per request", "## Replication delay, three workers under load",
-                "## Memory per bucket", "## Recovery from the changelog", "## Targets"):
+                "## Memory per bucket", "## Recovery from the changelog", "## Targets",
+                "## Scale-out: one loaded worker, two listening", "## One limit vs two limits per request"):
         assert row in md, f"{row!r} missing from results.md:\n{md}"
     assert (out / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "make bench" in (out / "README-summary.md").read_text()
@@ -54,6 +56,11 @@ def test_bench_smoke(broker, tmp_path):
     assert results["memory"]["keys_added"] >= 500
     assert results["recovery"]["ready_seconds"] is not None
     assert results["recovery"]["active_keys"] == 1_000
+    # new users publish a record each unless workers hold back (bucketstream.hold)
+    scale = results["scaleout"]["rules"]
+    assert scale["publish all"]["traffic"]["unique"]["updates_per_request"] > 0.9
+    assert scale["hold"]["traffic"]["unique"]["updates_per_request"] < 0.1
+    assert results["limits"]["ratio"] is not None
     # nothing the bench started is left running
     assert results["meta"]["pids"]
     for pid in results["meta"]["pids"]:
