@@ -24,10 +24,10 @@ hsettings.register_profile("dev", max_examples=100, deadline=None)
 hsettings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 
-@pytest.fixture(scope="session")
-def broker():
-    state = Path(tempfile.mkdtemp(prefix="bucketstream-kafka-"))
-    b = Broker(port=free_port_pair(), state_dir=state)
+def _running(broker_class, port: int, prefix: str):
+    """A broker in its own state directory for the whole session; stopped and removed at the end."""
+    state = Path(tempfile.mkdtemp(prefix=prefix))
+    b = broker_class(port=port, state_dir=state)
     atexit.register(b.stop)
     try:
         b.start()
@@ -35,20 +35,17 @@ def broker():
     finally:
         b.stop()
         shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def broker():
+    yield from _running(Broker, free_port_pair(), "bucketstream-kafka-")
 
 
 @pytest.fixture(scope="session")
 def secure_broker():
     """A broker that takes clients only over SASL_SSL (deploy/kafka/kafka-secure.sh)."""
-    state = Path(tempfile.mkdtemp(prefix="bucketstream-kafka-secure-"))
-    b = SecureBroker(port=free_port(), state_dir=state)
-    atexit.register(b.stop)
-    try:
-        b.start()
-        yield b
-    finally:
-        b.stop()
-        shutil.rmtree(state, ignore_errors=True)
+    yield from _running(SecureBroker, free_port(), "bucketstream-kafka-secure-")
 
 
 @pytest.fixture

@@ -156,9 +156,15 @@ def measured_delay(workers: list) -> tuple[float, float]:
     return p50, p99
 
 
+#: The workers' default publishing rule (bucketstream.hold.HoldRule): what each may keep to itself.
+HOLD_SHARE, HOLD_BURST = 0.05, 0.05
+
+
 def bound(t: float, n: int, d: float) -> float:
-    """docs/design.md section 2: admitted(0, t] <= C + R*t + (N-1)*(C + R*d)."""
-    return C + R * t + (n - 1) * (C + R * d)
+    """docs/design.md sections 2 and 2a, for workers with the default publishing rule:
+    admitted(0, t] <= C + R*t + (N-1)*(C + R*d) + N*A + share*R*t, A = max(1, burst*C)."""
+    held = n * max(1.0, HOLD_BURST * C) + HOLD_SHARE * R * t
+    return C + R * t + (n - 1) * (C + R * d) + held
 
 
 def check_upper_bound(result: LoadResult, n: int, d: float) -> None:
