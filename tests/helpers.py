@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaConsumer
 from hypothesis import strategies as st
 
 from bucketstream.crdt import MAX_NODE, BucketState, decode
+from bucketstream.hold import HoldRule
 
 # -- hypothesis strategies for CRDT states ------------------------------------------------------
 
@@ -156,8 +157,8 @@ def measured_delay(workers: list) -> tuple[float, float]:
     return p50, p99
 
 
-#: The workers' default publishing rule (bucketstream.hold.HoldRule): what each may keep to itself.
-HOLD_SHARE, HOLD_BURST = 0.05, 0.05
+#: The workers' default publishing rule: what each may keep to itself.
+HOLD_SHARE, HOLD_BURST = HoldRule().share, HoldRule().burst
 
 
 def bound(t: float, n: int, d: float) -> float:
