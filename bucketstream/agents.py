@@ -335,12 +335,15 @@ class Agents:
             starts = await consumer.offsets_for_times({tp: since for tp in tps})
             ends = await consumer.end_offsets(tps)
             merged = await self.merged_up_to()
+            firsts = await consumer.beginning_offsets(tps)
             for tp in tps:
                 start = starts.get(tp)
                 offset = start.offset if start is not None else ends[tp]
-                # from where the table stops, however long ago: a ready worker's view then
-                # holds every update the table lacks, not only the last PEER_LOOKBACK seconds
-                consumer.seek(tp, min(offset, merged.get(tp, offset)))
+                # From where the table stops, however long ago: a ready worker's view then holds
+                # every update the table lacks, not only the last PEER_LOOKBACK seconds. A partition
+                # the agents never committed is read from its start, as the agent will read it
+                # (consumer_auto_offset_reset="earliest"), not taken as merged.
+                consumer.seek(tp, min(offset, merged.get(tp, firsts[tp])))
             await read_to_end(consumer, tps, take)
             worker.mark_peer_feed_ready()
             while True:
@@ -540,14 +543,23 @@ class Agents:
         return self._admin
 
     async def merged_up_to(self) -> dict[TopicPartition, int]:
-        """The merge agents' committed offsets on the update topic: the table has merged
-        every update before them. Empty when Kafka cannot tell (the time window then rules)."""
-        try:
-            admin = await self._admin_client()
-            offsets = await asyncio.wait_for(admin.list_consumer_group_offsets(self.settings.app_id), 5)
-        except Exception as exc:  # noqa: BLE001 - the peer feed still reads the last PEER_LOOKBACK seconds
-            log.warning("could not read the merge agents' committed offsets: %r", exc)
-            return {}
+        """The merge agents' committed offsets on the update topic: the table has merged every
+        update before them; a partition missing here was never committed (read it all).
+
+        Asked until Kafka answers (the worker is not ready meanwhile): without them the
+        peer feed cannot know what the table lacks, and a guess would be a fuller bucket.
+        """
+        wait = 0.5
+        while True:
+            try:
+                admin = await self._admin_client()
+                offsets = await asyncio.wait_for(admin.list_consumer_group_offsets(self.settings.app_id), 5)
+                break
+            except Exception as exc:  # noqa: BLE001 - the coordinator may still be moving: ask again
+                log.warning("could not read the merge agents' committed offsets (%r); asking again in %.1f s",
+                            exc, wait)
+                await asyncio.sleep(wait)
+                wait = min(2 * wait, 5.0)
         topic = updates_topic(self.settings)
         return {tp: meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset >= 0}
 
