@@ -30,7 +30,7 @@ import contextlib
 import math
 import time
 
-from bench.tools import dir_bytes, pin, rss_bytes
+from bench.tools import cpu_seconds, dir_bytes, pin, rss_bytes
 
 #: The soak's rule: nobody in ``unique`` comes near it; ``skewed``'s heavy users do.
 CAPACITY, RATE = 100.0, 10.0
@@ -81,11 +81,16 @@ def soak(bench, log, n: int, traffic: str) -> dict:
             started = time.monotonic()
             for i in range(max(1, math.ceil(cfg.soak_seconds / cfg.soak_window))):
                 prefix = heavy if traffic == "skewed" else bench.prefix("new")
+                cpu0 = [cpu_seconds(w.proc.pid) for w in workers]
                 runs = load(entry["offered"] / n, cfg.soak_window, prefix, i + 2)
+                cpu = sum(cpu_seconds(w.proc.pid) - c for w, c in zip(workers, cpu0))
                 row = sample(bench, p.app_id, workers, runs)
+                # the workers' CPU per request: on a shared machine a steadier sign of a cost that
+                # grows with time than latency is
+                row["cpu_us"] = 1e6 * cpu / row["requests"] if row["requests"] else None
                 row["t"] = time.monotonic() - started
                 entry["rows"].append(row)
-                log(f"  {row['t']:5.0f}s {row['rps']:8,.0f} req/s  p50 {row['p50_ms']:6.2f} ms  p99 "
+                log(f"  {row['t']:5.0f}s {row['rps']:8,.0f} req/s  CPU {_us(row.get('cpu_us'))} µs/req  p50 {row['p50_ms']:6.2f} ms  p99 "
                     f"{row['p99_ms']:7.2f} ms  RSS {row['rss_max'] / 2**20:6.0f} MiB  store "
                     f"{row['store_max'] / 2**20:6.1f} MiB  backlog {row['backlog']:6,} rec  keys cached "
                     f"{row['cached']:,} own {row['own']:,} table {row['table']}")
@@ -163,16 +168,24 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
         tput = last["rps"] / first["rps"] if first["rps"] else None
         p99 = last["p99_ms"] / first["p99_ms"] if first["p99_ms"] else None
         growth = max((b - a) / a for a, b in zip(mid["rss"], last["rss"]))
+        cpu = (last["cpu_us"] / first["cpu_us"]) if first.get("cpu_us") and last.get("cpu_us") else None
         drain = e.get("drain_seconds")
         out += [
             (f"{name}: last/first window throughput ≥ 0.95", f"{tput:.3f}" if tput else "-",
              None if tput is None else tput >= 0.95),
             (f"{name}: last/first window p99 ≤ 1.2", f"{p99:.2f}" if p99 else "-", None if p99 is None else p99 <= 1.2),
             (f"{name}: RSS growth over the last half < 5 %", f"{100 * growth:+.1f} %", growth < 0.05),
+            # not one of #19's targets: the cost per request, the same last as first if nothing grows
+            (f"{name}: last/first window CPU per request (no target; 1.0 = no growth)",
+             f"{cpu:.2f}" if cpu else "-", None),
             (f"{name}: no backlog: every update handled ≤ {DRAIN_TARGET:g} s after the load", _s(drain),
              None if drain is None else drain <= DRAIN_TARGET),
         ]
     return out
+
+
+def _us(x) -> str:
+    return "-" if x is None else f"{x:,.0f}"
 
 
 def _s(x) -> str:
@@ -189,15 +202,15 @@ def markdown(results: dict) -> list[str]:
            "same workers. p50/p99: the worst worker's. RSS and store (the worker's data directory, RocksDB): the "
            "largest worker's. Keys: cached (decoded cache, all workers), own (admitted, not yet seen back from "
            "Kafka), table (the largest worker's active partitions). Backlog: update-topic records no merge agent "
-           "had handled yet.", ""]
+           "had handled yet. CPU: user + system time of all workers in the window per request answered.", ""]
     for e in runs:
         out += [f"### {e['workers']} worker(s), {e['traffic']} users: max {e.get('max_rps', 0):,.0f} req/s, "
                 f"offered {e.get('offered', 0):,.0f} req/s; drained {_s(e.get('drain_seconds'))} after the load", "",
-                "| t (s) | req/s | p50 ms | p99 ms | 429s | errors | RSS MiB | store MiB | backlog | cached | own | table |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                "| t (s) | req/s | CPU µs/req | p50 ms | p99 ms | 429s | errors | RSS MiB | store MiB | backlog | cached | own | table |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in e["rows"]:
             out.append(f"| {r['t']:.0f} | {r['rps']:,.0f}{' (saturated)' if r['saturated'] else ''} | "
-                       f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['non_2xx']:,} | {r['errors']:,} | "
+                       f"{_us(r.get('cpu_us'))} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['non_2xx']:,} | {r['errors']:,} | "
                        f"{r['rss_max'] / 2**20:.0f} | {r['store_max'] / 2**20:.1f} | {r['backlog']:,} | "
                        f"{r['cached']:,} | {r['own']:,} | {r['table']:,} |")
         out.append("")
