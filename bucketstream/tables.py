@@ -21,6 +21,15 @@ from bucketstream.topics import TABLE
 from bucketstream.worker import Worker
 
 
+#: Each partition's RocksDB store (Faust's Table ``options``). Faust's defaults are 64 MiB
+#: write buffers, up to 3 of them, and a 2 GiB block cache, per partition: a table of a few
+#: MB then grows its memtables and write-ahead log for hours before the first flush, and a
+#: worker's memory has no useful bound. With these, a store holds at most 2 x 4 MiB of
+#: memtable (and that much log) and 8 MiB of cache: with 8 partitions, 128 MiB at most
+#: beside the data itself (docs/operations.md).
+STORE_OPTIONS = {"write_buffer_size": 4 << 20, "max_write_buffer_number": 2, "block_cache_size": 8 << 20}
+
+
 def register(app: faust.App, worker: Worker) -> faust.Table:
     """Declare the bucket table on ``app``; the worker reads it and learns its readiness through it."""
     limiter = worker.limiter
@@ -37,6 +46,7 @@ def register(app: faust.App, worker: Worker) -> faust.Table:
         value_type=bytes,
         standby_buffer_size=1,
         on_changelog_event=on_changelog_event,
+        options=dict(STORE_OPTIONS),  # a copy: Faust's store pops keys from the mapping it is given
         help="token buckets: bucket key -> encoded CRDT state",
     )
     partition_for = worker.partition_for
