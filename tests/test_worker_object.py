@@ -71,3 +71,15 @@ def test_expiry_follows_the_workers_clock_and_horizon():
     assert w.expire_horizon(policy.rule) == 60
     assert not w.is_stale(key, state, clock.now + 60)  # full again after 1 s, but not 60 s ago
     assert w.is_stale(key, state, clock.now + 62)
+
+
+def test_each_partition_store_gets_the_bounded_rocksdb_options(tmp_path):
+    """Faust's defaults (64 MiB x 3 write buffers, a 2 GiB block cache per partition) are not
+    what the stores open with: docs/operations.md's memory and disk bounds rest on these."""
+    from bucketstream.app import create_app
+    from bucketstream.tables import STORE_OPTIONS
+
+    app = create_app(Settings(app_id="opts", data_dir=tmp_path))
+    options = app.bucket_table.data.rocksdb_options
+    assert {k: getattr(options, k) for k in STORE_OPTIONS} == STORE_OPTIONS
+    assert STORE_OPTIONS["write_buffer_size"] * STORE_OPTIONS["max_write_buffer_number"] <= 8 << 20
