@@ -27,7 +27,9 @@ HTTP/2 connections, one descriptor (the hot user) per call; HTTP load: wrk,
 50 connections (bench.loadgen). For each run: calls/s and the server
 process's CPU time per call (utime + stime of all its threads,
 /proc/<pid>/stat): on this shared machine the CPU per call is the number to
-read, calls/s moves with the other jobs. ``--paced R`` then runs every gRPC
+read, calls/s moves with the other jobs. The "N errors" logged after a gRPC
+run are, at up to 50, the calls still in flight when ghz's time ran out
+(``Unavailable``), not failures of the server. ``--paced R`` then runs every gRPC
 server (or ``--paced-stacks``) at R calls/s, as many rounds, for p50/p99.
 Results in ``--out`` (rlsprobe.md, rlsprobe.json).
 
