@@ -25,6 +25,7 @@ from faust.stores import rocksdb as faust_rocksdb
 from faust.tables.manager import TableManager as FaustTableManager
 from faust.tables.recovery import Recovery
 from faust.transport.drivers import aiokafka as faust_kafka
+from faust.utils.tracing import finish_span
 from faust.web.drivers import aiohttp as faust_web
 from faust.worker import Worker as FaustWorker
 from mode import Service
@@ -244,7 +245,6 @@ class _Recovery(Recovery):
         if (self._standbys_span is not None or not self.tables.standbys_ready) \
                 and not self.standby_remaining_total():
             if self._standbys_span:
-                from faust.utils.tracing import finish_span
                 finish_span(self._standbys_span)
                 self._standbys_span = None
             self.tables.on_standbys_ready()
