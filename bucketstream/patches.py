@@ -281,6 +281,7 @@ class _Recovery(Recovery):
                         offsets[tp] = highwater
 
         def flush() -> None:
+            # after events only, as Faust checks standby readiness after each event
             nonlocal oldest_unflushed
             self.flush_buffers()
             oldest_unflushed = None
@@ -311,7 +312,6 @@ class _Recovery(Recovery):
                             continue
                         timeout_count += 1
                         await maybe_signal_recovery_end(timeout=True, timeout_count=timeout_count)
-                        self._check_standbys_ready()
                         continue
                 else:
                     event = changelog_queue.get_nowait()
