@@ -38,7 +38,7 @@ COMPONENTS = [
     ("peer feed (decode, join into the view)", r"peer_feed \(", None),
     ("Faust producer buffer -> aiokafka send", r"faust/transport/producer\.py|_handle_pending", None),
     ("RocksDB (faust store + rocksdict)", r"faust/stores/rocksdb", None),
-    ("Faust table recovery (changelog replay)", r"faust/tables/recovery", None),
+    ("Faust table recovery (changelog replay, standby writes)", r"faust/tables/recovery|_slurp_changelogs \(", None),
     ("Faust stream/table/changelog machinery", r"faust/(streams|tables|stores|transport|channels|topics)", None),
     ("aiokafka (main loop: producer, peer-feed consumer)", r"aiokafka/", None),
     ("event loop: socket writes, callbacks, scheduling", r"asyncio/", None),

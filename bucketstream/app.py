@@ -89,6 +89,7 @@ def create_app(settings: Settings, clock: Callable[[], float] = time.time) -> Bu
         consumer_auto_offset_reset="earliest",
         key_serializer="raw",  # bucket keys and encoded states are bytes everywhere
         value_serializer="raw",
+        TableManager=patches.TableManager,  # standby changelog events written in batches
     )
     app.worker = worker
     app.bucket_table = tables.register(app, worker)

@@ -14,16 +14,21 @@ import asyncio
 import inspect
 import logging
 import re
+from collections import defaultdict
+from time import monotonic
 
 import aiokafka
 from aiohttp import web as aioweb
 from aiohttp.web_protocol import RequestHandler
 from aiokafka.consumer.fetcher import Fetcher
 from faust.stores import rocksdb as faust_rocksdb
+from faust.tables.manager import TableManager as FaustTableManager
 from faust.tables.recovery import Recovery
 from faust.transport.drivers import aiokafka as faust_kafka
+from faust.utils.tracing import finish_span
 from faust.web.drivers import aiohttp as faust_web
 from faust.worker import Worker as FaustWorker
+from mode import Service
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +36,8 @@ log = logging.getLogger(__name__)
 class PatchError(RuntimeError):
     """A private internal bucketstream relies on is missing: another version of a library."""
 
+
+_BATCHED = "the changelog reader that applies standby events in batches (Recovery)"
 
 #: (owner, attribute, where, what for): where is "class" (a class attribute or method) or the
 #: name of the owner's method that assigns it to the instance ("__init__", "on_start").
@@ -50,6 +57,26 @@ USED = [
     (faust_rocksdb.Store, "rocksdb_options", "__init__", "bulk recovery opens Faust's own store files"),
     (Recovery, "standby_offsets", "__init__", "readiness with empty or current standbys"),
     (Recovery, "standby_highwaters", "__init__", "readiness with empty or current standbys"),
+    (FaustTableManager, "_recovery", "class", _BATCHED),
+    (Recovery, "_slurp_changelogs", "class", _BATCHED),
+    (Recovery, "flush_buffers", "class", _BATCHED),
+    (Recovery, "buffers", "__init__", _BATCHED),
+    (Recovery, "buffer_sizes", "__init__", _BATCHED),
+    (Recovery, "tp_to_table", "__init__", _BATCHED),
+    (Recovery, "active_tps", "__init__", _BATCHED),
+    (Recovery, "standby_tps", "__init__", _BATCHED),
+    (Recovery, "active_offsets", "__init__", _BATCHED),
+    (Recovery, "active_highwaters", "__init__", _BATCHED),
+    (Recovery, "_active_events_received_at", "__init__", _BATCHED),
+    (Recovery, "_standby_events_received_at", "__init__", _BATCHED),
+    (Recovery, "_processing_times", "__init__", _BATCHED),
+    (Recovery, "_last_flush_at", "class", _BATCHED),
+    (Recovery, "_last_active_event_processed_at", "_set_recovery_started", _BATCHED),
+    (Recovery, "in_recovery", "class", _BATCHED),
+    (Recovery, "_actives_span", "class", _BATCHED),
+    (Recovery, "_standbys_span", "class", _BATCHED),
+    (Recovery, "_set_recovery_ended", "class", _BATCHED),
+    (Recovery, "num_samples_required_for_estimate", "class", _BATCHED),
     (faust_web.Web, "_runner", "__init__", "JSON error answers from aiohttp's own protocol handler"),
     (aioweb.AppRunner, "_make_server", "class", "JSON error answers from aiohttp's own protocol handler"),
     (aioweb.Server, "_loop", "__init__", "JSON error answers from aiohttp's own protocol handler"),
@@ -166,6 +193,191 @@ def standbys_caught_up(app) -> bool:
     recovery = app.tables.recovery
     offsets = recovery.standby_offsets
     return all(offsets.get(tp, -1) >= hw for tp, hw in recovery.standby_highwaters.items())
+
+
+# -- Faust's changelog reader: standby events in batches ---------------------------------
+
+#: Standby changelog events wait in Faust's buffer until this many are there, or
+#: STANDBY_FLUSH_WITHIN seconds after the first of them, then go to RocksDB in one
+#: write batch per partition and one write of the persisted offset. Until then a
+#: point read finds them in ``unflushed`` (``tables.read_stored``), so no read sees
+#: an older state than with one write per event.
+STANDBY_BATCH = 1000
+STANDBY_FLUSH_WITHIN = 0.1
+#: Faust's own wait for a changelog event before it looks at recovery's state again.
+_IDLE_WAIT = 5.0
+#: Events handled in a row before yielding to the event loop (a recovery can queue thousands).
+_YIELD_EVERY = 100
+
+
+def unflushed(app, table) -> dict:
+    """Key -> raw value (``None``: deleted) of the changelog events of ``table`` this worker
+    has read but not yet written to its RocksDB store; emptied, not replaced, by each flush."""
+    return app.tables.unflushed[table]
+
+
+class _Recovery(Recovery):
+    """Faust's changelog reader (faust/tables/recovery.py), but cheaper per event.
+
+    Faust's ``_slurp_changelogs`` wraps each ``changelog_queue.get()`` in its own
+    ``asyncio.wait_for`` (a Task per event), writes standby events to RocksDB
+    one at a time with ``standby_buffer_size=1`` (a write batch and a persisted-offset
+    write per event), and sums the remaining offsets of every standby partition
+    after each event. A listening worker of three spent a seventh of its CPU here
+    while another published every admission (docs/performance.md, #15 part 3).
+
+    This loop takes whatever is queued without a Task (``get_nowait``), waits with
+    ``asyncio.timeout`` when the queue is empty, hands every event to the table's
+    ``on_changelog_event`` at once as before (the limiter's view), and writes standby
+    events in batches (``STANDBY_BATCH``, ``STANDBY_FLUSH_WITHIN``), keeping what is
+    not written yet in ``unflushed`` for point reads. Recovery of active partitions,
+    its end, the aborted-transaction check and standby readiness behave as in Faust;
+    Faust flushes the buffers itself on revoke, on a restarted recovery and on stop,
+    through ``flush_buffers`` below.
+    """
+
+    def flush_buffers(self) -> None:
+        super().flush_buffers()
+        for pending in self.tables.unflushed.values():
+            pending.clear()
+
+    def _check_standbys_ready(self) -> None:
+        if (self._standbys_span is not None or not self.tables.standbys_ready) \
+                and not self.standby_remaining_total():
+            if self._standbys_span:
+                finish_span(self._standbys_span)
+                self._standbys_span = None
+            self.tables.on_standbys_ready()
+
+    @Service.task
+    async def _slurp_changelogs(self) -> None:
+        changelog_queue = self.tables.changelog_queue
+        unflushed_of = self.tables.unflushed
+        tp_to_table = self.tp_to_table
+        active_tps, standby_tps = self.active_tps, self.standby_tps
+        active_offsets, standby_offsets = self.active_offsets, self.standby_offsets
+        active_events_received_at = self._active_events_received_at
+        standby_events_received_at = self._standby_events_received_at
+        buffers, buffer_sizes = self.buffers, self.buffer_sizes
+        processing_times = self._processing_times
+        oldest_unflushed: float | None = None  # when the oldest buffered event was read
+
+        async def maybe_signal_recovery_end(timeout: bool = False, timeout_count: int = 0) -> None:
+            if timeout and self.app.in_transaction and timeout_count > 1:
+                await detect_aborted_tx()
+            if self.in_recovery and not self.need_recovery():
+                self.flush_buffers()
+                self._set_recovery_ended()
+                if self._actives_span is not None:
+                    self._actives_span.set_tag("Actives-Ready", True)
+                self.signal_recovery_end.set()
+
+        async def detect_aborted_tx() -> None:
+            offsets = self.active_offsets
+            for tp, highwater in self.active_highwaters.items():
+                if highwater is not None and offsets[tp] is not None and offsets[tp] < highwater:
+                    if await self.app.consumer.position(tp) >= highwater:
+                        log.info("Aborted tx until highwater for %s", tp)
+                        offsets[tp] = highwater
+
+        def flush() -> None:
+            # after events only, as Faust checks standby readiness after each event
+            nonlocal oldest_unflushed
+            self.flush_buffers()
+            oldest_unflushed = None
+            self._check_standbys_ready()
+
+        timeout_count = 0
+        in_a_row = 0
+        while not self.should_stop:
+            try:
+                self.signal_recovery_end.clear()
+                if changelog_queue.empty():
+                    in_a_row = 0
+                    if oldest_unflushed is None:
+                        wait = _IDLE_WAIT
+                    else:
+                        wait = oldest_unflushed + STANDBY_FLUSH_WITHIN - monotonic()
+                        if wait <= 0:
+                            flush()
+                            continue
+                    try:
+                        async with asyncio.timeout(wait):
+                            event = await changelog_queue.get()
+                    except TimeoutError:
+                        if self.should_stop:
+                            return
+                        if oldest_unflushed is not None:
+                            flush()
+                            continue
+                        timeout_count += 1
+                        await maybe_signal_recovery_end(timeout=True, timeout_count=timeout_count)
+                        continue
+                else:
+                    event = changelog_queue.get_nowait()
+                    in_a_row += 1
+                    if in_a_row >= _YIELD_EVERY:
+                        in_a_row = 0
+                        await asyncio.sleep(0)
+                now = monotonic()
+                timeout_count = 0
+                message = event.message
+                tp = message.tp
+                offset = message.offset
+                bufsize = buffer_sizes.get(tp)
+                is_active = False
+                if tp in active_tps:
+                    is_active = True
+                    table = tp_to_table[tp]
+                    offsets = active_offsets
+                    if bufsize is None:
+                        bufsize = buffer_sizes[tp] = table.recovery_buffer_size
+                    active_events_received_at[tp] = now
+                elif tp in standby_tps:
+                    table = tp_to_table[tp]
+                    offsets = standby_offsets
+                    if bufsize is None:
+                        bufsize = buffer_sizes[tp] = max(table.standby_buffer_size, STANDBY_BATCH)
+                        standby_events_received_at[tp] = now
+                else:  # Faust logs it and goes on with the previous event's table; skip it instead
+                    log.warning("changelog event of an unassigned partition %s offset %s", tp, offset)
+                    continue
+                seen_offset = offsets.get(tp, None)
+                if seen_offset is None or offset > seen_offset:
+                    offsets[tp] = offset
+                    buf = buffers[table]
+                    buf.append(event)
+                    unflushed_of[table][message.key] = message.value
+                    if oldest_unflushed is None:
+                        oldest_unflushed = now
+                    await table.on_changelog_event(event)
+                    if len(buf) >= bufsize or now - oldest_unflushed >= STANDBY_FLUSH_WITHIN:
+                        flush()
+                    if is_active:
+                        now_after = monotonic()
+                        last_processed_at = getattr(self, "_last_active_event_processed_at", None)
+                        if last_processed_at is not None:
+                            processing_times.append(now_after - last_processed_at)
+                            if len(processing_times) > self.num_samples_required_for_estimate:
+                                processing_times.popleft()
+                        self._last_active_event_processed_at = now_after
+                await maybe_signal_recovery_end()
+            except Exception as exc:  # as Faust: the reader must go on
+                log.warning("Error in recovery %r", exc)
+
+
+class TableManager(FaustTableManager):
+    """Faust's table manager with the changelog reader above (``App(TableManager=...)``)."""
+
+    def __init__(self, app, **kwargs) -> None:
+        super().__init__(app, **kwargs)
+        self.unflushed: defaultdict = defaultdict(dict)  # table -> key -> raw: see ``unflushed``
+
+    @property
+    def recovery(self) -> Recovery:
+        if self._recovery is None:
+            self._recovery = _Recovery(self.app, self, beacon=self.beacon, loop=self.loop)
+        return self._recovery
 
 
 # -- Faust's worker ---------------------------------------------------------------------

@@ -6,10 +6,12 @@ bytes, Kafka's default partitioner), changelog on a compacted topic, RocksDB
 store through rocksdict. Only the merge agent writes it (``agents.py``).
 
 Every worker holds every partition, active or standby
-(``table_standby_replicas`` in ``app.py``), and applies standby changelog
-events one at a time (``standby_buffer_size=1``), so a point read from a web
-view finds any key locally. Every change of the replica, from the changelog or
-from the agent's own write, goes to ``limiter.on_replica_changed``.
+(``table_standby_replicas`` in ``app.py``), so a point read from a web view
+finds any key locally. Every change of the replica, from the changelog or from
+the agent's own write, goes to ``limiter.on_replica_changed`` as it arrives.
+Standby changelog events reach RocksDB in batches (``patches.STANDBY_BATCH``,
+``patches.STANDBY_FLUSH_WITHIN``); until then ``read_stored`` finds them in
+``patches.unflushed``, so a point read is as current as with a write per event.
 """
 
 from __future__ import annotations
@@ -44,17 +46,21 @@ def register(app: faust.App, worker: Worker) -> faust.Table:
         partitions=worker.settings.partitions,
         key_type=bytes,
         value_type=bytes,
-        standby_buffer_size=1,
+        standby_buffer_size=patches.STANDBY_BATCH,
         on_changelog_event=on_changelog_event,
         options=dict(STORE_OPTIONS),  # a copy: Faust's store pops keys from the mapping it is given
         help="token buckets: bucket key -> encoded CRDT state",
     )
     partition_for = worker.partition_for
+    unflushed = patches.unflushed(app, table)
 
     def read_stored(key: bytes) -> bytes | None:
-        """The stored value of ``key`` in this worker's replica: one RocksDB point read
-        in the key's own partition (Faust's ``Table.get`` outside an agent tries every
-        partition's store, each with a bloom-filter probe and a read)."""
+        """The stored value of ``key`` in this worker's replica: a changelog event read but
+        not written to RocksDB yet, or else one RocksDB point read in the key's own partition
+        (Faust's ``Table.get`` outside an agent tries every partition's store, each with a
+        bloom-filter probe and a read)."""
+        if key in unflushed:
+            return unflushed[key]
         db = patches.store_dbs(table).get(partition_for(key))
         if db is None:  # partition not opened yet: let Faust look
             return table.get(key)

@@ -515,6 +515,7 @@ def register(app: faust.App, worker: Worker, table: faust.Table) -> None:
     protect = protector(worker)
     token = worker.settings.admin_token
     denied = admin_guard(token.get_secret_value() if token is not None else None)
+    unflushed = patches.unflushed(app, table)
 
     # POST /protected and /protected/{resource} are plain aiohttp routes on the
     # worker's own (Faust's) web server, not Faust views: Faust's View dispatch and
@@ -618,6 +619,8 @@ def register(app: faust.App, worker: Worker, table: faust.Table) -> None:
                     "peer_lag": _summary(list(limiter.peer_lags)),
                     "return_lag": _summary(list(limiter.return_lags)),
                     "changelog_lag": _summary(list(limiter.changelog_lags)),
+                    # changelog events read (in the view, found by point reads) but not yet in RocksDB
+                    "unflushed_changelog_keys": len(unflushed),
                     "bulk_recovery": worker.bulk_recovery.as_dict(),
                 }
             )
