@@ -337,7 +337,7 @@ class _Recovery(Recovery):
                     table = tp_to_table[tp]
                     offsets = standby_offsets
                     if bufsize is None:
-                        bufsize = buffer_sizes[tp] = max(table.standby_buffer_size, STANDBY_BATCH)
+                        bufsize = buffer_sizes[tp] = table.standby_buffer_size  # STANDBY_BATCH (tables.py)
                         standby_events_received_at[tp] = now
                 else:  # Faust logs it and goes on with the previous event's table; skip it instead
                     log.warning("changelog event of an unassigned partition %s offset %s", tp, offset)

@@ -255,3 +255,10 @@ def table_consumed(kafka, app_id: str, key: bytes) -> int | None:
     """Tokens the table counts as consumed for ``key`` (``None``: not in the table)."""
     state = table_state(kafka, app_id, key)
     return None if state is None else state.consumed
+
+
+def stats(worker) -> dict:
+    """A worker's ``GET /stats`` (with its admin token, if it has one)."""
+    status, _, body = worker.request("GET", "/stats", worker.admin)
+    assert status == 200, body
+    return json.loads(body)

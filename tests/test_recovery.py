@@ -9,7 +9,6 @@ not seen.
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import time
 
@@ -22,6 +21,7 @@ from bucketstream import crdt
 from bucketstream.rules import Rules
 from bucketstream.settings import Settings
 from bucketstream.topics import changelog_topic, ensure_topics, updates_topic
+from tests.helpers import stats
 
 pytestmark = pytest.mark.broker
 
@@ -52,10 +52,6 @@ def produce(broker, app_id: str, records: list[tuple[bytes, bytes | None]]) -> N
             await producer.stop()
 
     asyncio.run(run())
-
-
-def stats(w) -> dict:
-    return json.loads(w.request("GET", "/stats")[2])
 
 
 def check_bucket(w, user: str, expected: bytes | None) -> None:

@@ -9,8 +9,6 @@ ends up holding, in its RocksDB files, against the changelog in Kafka.
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import rocksdict
 
@@ -18,15 +16,9 @@ from bucketstream import patches
 from bucketstream.app import create_app
 from bucketstream.settings import Settings
 from tests.cluster import wait_until
-from tests.helpers import bucket_key, changelog_topic, read_topic
+from tests.helpers import bucket_key, changelog_topic, read_topic, stats
 
 pytestmark = pytest.mark.broker
-
-
-def stats(w) -> dict:
-    status, _, body = w.request("GET", "/stats", w.admin)
-    assert status == 200, body
-    return json.loads(body)
 
 
 def stored(w, partition: int) -> dict[bytes, bytes]:
