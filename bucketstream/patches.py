@@ -55,6 +55,8 @@ USED = [
     (faust_rocksdb.Store, "offset_key", "class", "bulk recovery writes Faust's persisted offset"),
     (faust_rocksdb.Store, "partition_path", "class", "bulk recovery opens Faust's own store files"),
     (faust_rocksdb.Store, "rocksdb_options", "__init__", "bulk recovery opens Faust's own store files"),
+    (faust_rocksdb.RocksDBOptions, "as_options", "class", "one memtable budget for all of a worker's stores"),
+    (faust_rocksdb.RocksDBOptions, "extra_options", "__init__", "one memtable budget for all of a worker's stores"),
     (Recovery, "standby_offsets", "__init__", "readiness with empty or current standbys"),
     (Recovery, "standby_highwaters", "__init__", "readiness with empty or current standbys"),
     (FaustTableManager, "_recovery", "class", _BATCHED),
@@ -176,6 +178,25 @@ def store_dbs(table) -> dict:
 def store_db(table, partition: int):
     """The ``rocksdict.Rdict`` of one table partition, opened on first use."""
     return table.data._db_for_partition(partition)
+
+
+class _SharedBufferOptions(faust_rocksdb.RocksDBOptions):
+    """Faust's RocksDB options, plus the ``write_buffer_manager`` option its rocksdict path
+    ignores (Faust passes unknown options to python-rocksdb only)."""
+
+    def as_options(self):
+        options = super().as_options()
+        manager = self.extra_options.get("write_buffer_manager")
+        if manager is not None:
+            options.set_write_buffer_manager(manager)
+        return options
+
+
+def share_write_buffers() -> None:
+    """Let a table's ``options`` carry one ``rocksdict.WriteBufferManager`` for all its partition
+    stores (``tables.MEMTABLE_BUDGET``): Faust builds each store's options from its module's
+    ``RocksDBOptions``, and without one manager every partition store grows its own memtables."""
+    faust_rocksdb.RocksDBOptions = _SharedBufferOptions
 
 
 def open_partition_store(store, partition: int):

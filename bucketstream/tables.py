@@ -17,6 +17,7 @@ Standby changelog events reach RocksDB in batches (``patches.STANDBY_BATCH``,
 from __future__ import annotations
 
 import faust
+import rocksdict
 
 from bucketstream import patches
 from bucketstream.topics import TABLE
@@ -27,14 +28,18 @@ from bucketstream.worker import Worker
 #: write buffers, up to 3 of them, and a 2 GiB block cache, per partition: a table of a few
 #: MB then grows its memtables and write-ahead log for hours before the first flush, and a
 #: worker's memory has no useful bound. With these, a store holds at most 2 x 4 MiB of
-#: memtable (and that much log) and 8 MiB of cache: with 8 partitions, 128 MiB at most
-#: beside the data itself (docs/operations.md).
+#: memtable (and that much log) and 8 MiB of cache (docs/operations.md).
 STORE_OPTIONS = {"write_buffer_size": 4 << 20, "max_write_buffer_number": 2, "block_cache_size": 8 << 20}
+#: The memtables of all of a worker's partition stores together (one RocksDB write buffer
+#: manager): past it RocksDB flushes the largest. Per store alone, 8 partitions could hold
+#: 64 MiB, reached only after many minutes of writes, so a worker's memory grew for that long.
+MEMTABLE_BUDGET = 8 << 20
 
 
 def register(app: faust.App, worker: Worker) -> faust.Table:
     """Declare the bucket table on ``app``; the worker reads it and learns its readiness through it."""
     limiter = worker.limiter
+    patches.share_write_buffers()
 
     async def on_changelog_event(event) -> None:
         now = worker.clock()
@@ -48,7 +53,8 @@ def register(app: faust.App, worker: Worker) -> faust.Table:
         value_type=bytes,
         standby_buffer_size=patches.STANDBY_BATCH,
         on_changelog_event=on_changelog_event,
-        options=dict(STORE_OPTIONS),  # a copy: Faust's store pops keys from the mapping it is given
+        # a copy: Faust's store pops keys from the mapping it is given
+        options=dict(STORE_OPTIONS, write_buffer_manager=rocksdict.WriteBufferManager(MEMTABLE_BUDGET, False)),
         help="token buckets: bucket key -> encoded CRDT state",
     )
     partition_for = worker.partition_for

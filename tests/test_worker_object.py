@@ -83,3 +83,27 @@ def test_each_partition_store_gets_the_bounded_rocksdb_options(tmp_path):
     options = app.bucket_table.data.rocksdb_options
     assert {k: getattr(options, k) for k in STORE_OPTIONS} == STORE_OPTIONS
     assert STORE_OPTIONS["write_buffer_size"] * STORE_OPTIONS["max_write_buffer_number"] <= 8 << 20
+
+
+def test_all_partition_stores_of_a_worker_share_one_memtable_budget(tmp_path):
+    """Writes to any partition store count against one write buffer manager of MEMTABLE_BUDGET,
+    so a worker's memtables stop growing at that budget however many partitions it holds."""
+    from bucketstream import patches
+    from bucketstream.app import create_app
+    from bucketstream.tables import MEMTABLE_BUDGET
+
+    app = create_app(Settings(app_id="budget", data_dir=tmp_path))
+    table = app.bucket_table
+    manager = table.data.rocksdb_options.extra_options["write_buffer_manager"]
+    assert manager.get_buffer_size() == MEMTABLE_BUDGET
+    before = manager.get_usage()
+    for partition in (0, 5):
+        db = patches.store_db(table, partition)
+        for i in range(2000):
+            db[b"k%d" % i] = b"v" * 200
+    assert manager.get_usage() > before  # both stores' memtables are counted by the one manager
+    usage_one = manager.get_usage()
+    db = patches.store_db(table, 7)
+    for i in range(2000):
+        db[b"k%d" % i] = b"v" * 200
+    assert manager.get_usage() > usage_one
