@@ -320,6 +320,11 @@ def markdown(results: dict) -> str:
         "(capacity = rate = 1,000,000), so every answer is an admission (the costly path).",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()) +
         f", Python {meta.get('python')}.",
+    ]
+    if cfg.get("worker_settings"):
+        out.append("Worker settings beside the defaults (`--worker-setting`): " +
+                   ", ".join(f"{k} = {v}" for k, v in cfg["worker_settings"].items()) + ".")
+    out += [
         "",
         "## Targets",
         "",

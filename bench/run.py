@@ -88,6 +88,8 @@ class Config:
     # (a backlog); a worker keeps up with unique users at about 0.4 of it (phase worker's sweep)
     soak_fraction: float = 0.35
     soak_workers: tuple[int, ...] = (1, 3)  # one soak run per worker count and traffic kind
+    soak_traffic: tuple[str, ...] = ("unique", "skewed")
+    worker_settings: dict = field(default_factory=dict)  # --worker-setting: for every worker started
     scaleout_rate: float = 800.0  # req/s offered to the one loaded worker of the scale-out phase
     scaleout_seconds: float = 15.0
     partitions: int = 8
@@ -331,7 +333,8 @@ class Bench:
         tmp = self.work / tag
         tmp.mkdir(parents=True, exist_ok=True)
         extra = {"flush_interval": self.cfg.flush_interval} if self.cfg.flush_interval else {}
-        extra = {"capacity": CAPACITY, "rate": RATE, "partitions": self.cfg.partitions, **extra, **settings}
+        extra = {"capacity": CAPACITY, "rate": RATE, "partitions": self.cfg.partitions, **extra, **settings,
+                 **self.cfg.worker_settings}
         p = WorkerPool(self.broker, tmp, app_id=f"bench-{tag}-{uuid.uuid4().hex[:6]}", **extra)
         self.pools.append(p)
         return p
@@ -930,6 +933,9 @@ def parse(argv: list[str] | None) -> Config:
     ap.add_argument("--soak-window", type=float, help="seconds per soak report row (default 60; smoke 2)")
     ap.add_argument("--soak-fraction", type=float, help="soak load as a share of the max load (default 0.35)")
     ap.add_argument("--soak-workers", help="comma-separated worker counts of the soak runs (default 1,3)")
+    ap.add_argument("--worker-setting", action="append", default=[], metavar="NAME=VALUE",
+                    help="a worker setting for every worker the bench starts (repeatable), e.g. cache_keys=100000")
+    ap.add_argument("--soak-traffic", help="comma-separated traffic kinds of the soak runs (default unique,skewed)")
     ap.add_argument("--scaleout-rate", type=float, help="req/s offered to the loaded worker of the scale-out "
                                                         "phase (default 800)")
     ap.add_argument("--scaleout-seconds", type=float, help="seconds per scale-out run (default 15; smoke 1)")
@@ -952,6 +958,17 @@ def parse(argv: list[str] | None) -> Config:
             setattr(cfg, name, getattr(a, name))
     if a.soak_workers:
         cfg.soak_workers = tuple(int(x) for x in a.soak_workers.split(","))
+    from bucketstream.settings import Settings
+
+    for item in a.worker_setting:
+        name, sep, value = item.partition("=")
+        if not sep or name not in Settings.model_fields:
+            ap.error(f"--worker-setting {item!r}: NAME=VALUE with NAME a worker setting (bucketstream/settings.py)")
+        cfg.worker_settings[name] = value
+    if a.soak_traffic:
+        cfg.soak_traffic = tuple(x.strip() for x in a.soak_traffic.split(","))
+        if unknown := set(cfg.soak_traffic) - {"unique", "skewed"}:
+            ap.error(f"--soak-traffic: unknown kind(s) {', '.join(sorted(unknown))} (unique, skewed)")
     if a.fractions:
         cfg.fractions = sorted(float(x) for x in a.fractions.split(","))
     if a.phases:

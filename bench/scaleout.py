@@ -76,8 +76,11 @@ def run_rule(bench, log, name: str, share: float | None) -> dict:
         if broker:
             pids["broker"] = broker
         bench.quiet_totals(p.app_id, workers)  # the start's topic and group traffic is over
-        idle = idle_rates(pids, 2.0 if cfg.smoke else 10.0)
+        idles = {}
         for kind, (scenario, space) in TRAFFIC.items():
+            # the baseline just before each run: a worker's idle CPU drifts over its first
+            # minute (start-up, first timers), by as much as the floor we measure
+            idle = idles[kind] = idle_rates(pids, 2.0 if cfg.smoke else 10.0)
             before, _ = bench.quiet_totals(p.app_id, workers)
             cpu0 = {k: cpu_seconds(pid) for k, pid in pids.items()}
             t0 = time.monotonic()
@@ -98,7 +101,7 @@ def run_rule(bench, log, name: str, share: float | None) -> dict:
             log(f"  {name:11s} {kind:11s} {run.rps:6,.0f} req/s  {row['updates_per_request']:.4f} upd/req  "
                 f"loaded {cpu_us['loaded']:5.0f} µs  listeners {cpu_us['listener 1']:5.1f}/"
                 f"{cpu_us['listener 2']:5.1f} µs  broker {cpu_us.get('broker', 0):5.1f} µs per request")
-        return {"idle_cpu": idle, "traffic": rows}
+        return {"idle_cpu": idles, "traffic": rows}
     finally:
         bench.stop_pool(p)
 

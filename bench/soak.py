@@ -40,7 +40,6 @@ EXPIRE_AFTER, EXPIRE_CHECK = 30.0, 10.0
 #: within the first half of a 5-minute run at a few hundred new users a second, and the last
 #: half shows the steady state (memory that still grows then is a leak, not a cache filling).
 CACHE_KEYS = 50_000
-TRAFFIC = ("unique", "skewed")
 #: "No backlog at the end": the agents have handled every update within this long after the load.
 DRAIN_TARGET = 0.5
 
@@ -51,7 +50,7 @@ def phase(bench, log) -> None:
         f"with {' then '.join(map(str, cfg.soak_workers))} worker(s), a row every {cfg.soak_window:g} s")
     runs = bench.results.setdefault("soak", [])
     for workers in cfg.soak_workers:
-        for traffic in TRAFFIC:
+        for traffic in cfg.soak_traffic:
             runs.append(soak(bench, log, workers, traffic))
 
 
@@ -91,7 +90,8 @@ def soak(bench, log, n: int, traffic: str) -> dict:
                 row["t"] = time.monotonic() - started
                 entry["rows"].append(row)
                 log(f"  {row['t']:5.0f}s {row['rps']:8,.0f} req/s  CPU {_us(row.get('cpu_us'))} µs/req  p50 {row['p50_ms']:6.2f} ms  p99 "
-                    f"{row['p99_ms']:7.2f} ms  RSS {row['rss_max'] / 2**20:6.0f} MiB  store "
+                    f"{row['p99_ms']:7.2f} ms  RSS {row['rss_max'] / 2**20:6.0f} MiB  RocksDB "
+                    f"{row['rocksdb_max'] / 2**20:5.1f} MiB  store "
                     f"{row['store_max'] / 2**20:6.1f} MiB  backlog {row['backlog']:6,} rec  keys cached "
                     f"{row['cached']:,} own {row['own']:,} table {row['table']}")
         entry["drain_seconds"] = drain_time(bench, p.app_id, workers, cfg.drain_timeout)
@@ -107,6 +107,8 @@ def sample(bench, app_id: str, workers, runs) -> dict:
     per = [stats(w) for w in workers]
     rss = [rss_bytes(w.proc.pid) for w in workers]
     store = [dir_bytes(w.data_dir) for w in workers]
+    # memtables + block caches + index and filter blocks: RocksDB's part of the RSS
+    rocksdb = [sum(v for k, v in s["rocksdb_memory_bytes"].items() if k != "stores") for s in per]
     requests = sum(r.requests for r in runs)
     return {
         "rps": sum(r.rps for r in runs), "requests": requests, "non_2xx": sum(r.non_2xx for r in runs),
@@ -115,6 +117,7 @@ def sample(bench, app_id: str, workers, runs) -> dict:
         # the pooled percentile is not known; the worst worker's is an upper bound of it
         "p50_ms": max(r.p50_ms for r in runs), "p99_ms": max(r.p99_ms for r in runs),
         "rss": rss, "rss_max": max(rss), "store": store, "store_max": max(store),
+        "rocksdb": rocksdb, "rocksdb_max": max(rocksdb),
         "cached": sum(s["cached_keys"] for s in per), "own": sum(s["own_unreflected_keys"] for s in per),
         "table": max((s["active_keys"] or 0) for s in per),
         "backlog": backlog(bench, app_id, workers),
@@ -192,6 +195,10 @@ def _s(x) -> str:
     return "-" if x is None else f"{x:.2f} s"
 
 
+def _mib(n) -> str:
+    return "-" if n is None else f"{n / 2**20:.1f}"
+
+
 def markdown(results: dict) -> list[str]:
     runs = results.get("soak") or []
     if not runs:
@@ -199,19 +206,19 @@ def markdown(results: dict) -> list[str]:
     out = ["## Soak: minutes of fixed load, a row per window", "",
            f"Rule C = {CAPACITY:g}, R = {RATE:g}/s; buckets expire {EXPIRE_AFTER:g} s after they are full and idle "
            f"(sweep every {EXPIRE_CHECK:g} s); decoded cache {CACHE_KEYS:,} keys per worker. Offered: a fixed share of the max load measured just before on the "
-           "same workers. p50/p99: the worst worker's. RSS and store (the worker's data directory, RocksDB): the "
-           "largest worker's. Keys: cached (decoded cache, all workers), own (admitted, not yet seen back from "
+           "same workers. p50/p99: the worst worker's. RSS, RocksDB (its memory: memtables, block caches, index "
+           "and filter blocks; part of the RSS) and store (the worker's data directory): the largest worker's. Keys: cached (decoded cache, all workers), own (admitted, not yet seen back from "
            "Kafka), table (the largest worker's active partitions). Backlog: update-topic records no merge agent "
            "had handled yet. CPU: user + system time of all workers in the window per request answered.", ""]
     for e in runs:
         out += [f"### {e['workers']} worker(s), {e['traffic']} users: max {e.get('max_rps', 0):,.0f} req/s, "
                 f"offered {e.get('offered', 0):,.0f} req/s; drained {_s(e.get('drain_seconds'))} after the load", "",
-                "| t (s) | req/s | CPU µs/req | p50 ms | p99 ms | 429s | errors | RSS MiB | store MiB | backlog | cached | own | table |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                "| t (s) | req/s | CPU µs/req | p50 ms | p99 ms | 429s | errors | RSS MiB | RocksDB MiB | store MiB | backlog | cached | own | table |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in e["rows"]:
             out.append(f"| {r['t']:.0f} | {r['rps']:,.0f}{' (saturated)' if r['saturated'] else ''} | "
                        f"{_us(r.get('cpu_us'))} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['non_2xx']:,} | {r['errors']:,} | "
-                       f"{r['rss_max'] / 2**20:.0f} | {r['store_max'] / 2**20:.1f} | {r['backlog']:,} | "
+                       f"{r['rss_max'] / 2**20:.0f} | {_mib(r.get('rocksdb_max'))} | {r['store_max'] / 2**20:.1f} | {r['backlog']:,} | "
                        f"{r['cached']:,} | {r['own']:,} | {r['table']:,} |")
         out.append("")
     return out

@@ -194,7 +194,7 @@ class _SharedBufferOptions(faust_rocksdb.RocksDBOptions):
 
 def share_write_buffers() -> None:
     """Let a table's ``options`` carry one ``rocksdict.WriteBufferManager`` for all its partition
-    stores (``tables.MEMTABLE_BUDGET``): Faust builds each store's options from its module's
+    stores (``BUCKETSTREAM_ROCKSDB_MEMTABLE_MB``): Faust builds each store's options from its module's
     ``RocksDBOptions``, and without one manager every partition store grows its own memtables."""
     faust_rocksdb.RocksDBOptions = _SharedBufferOptions
 

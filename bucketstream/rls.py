@@ -164,7 +164,6 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
         self.domain, self.user_key = settings.rls_domain, settings.rls_user_key
         self._shapes: dict[int, Shape] = {}
         self._tick = 0
-        self._last_all: list = []  # (limit, decision) of the last descriptor with several limits
 
     def _shape(self, policy: Policy) -> Shape:
         found = self._shapes.get(id(policy))
@@ -206,7 +205,7 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
         overall, retry = OK, 0
         for keys, policy, cost in planned:
             if policy.also:
-                decision, limit = self._decide_all(limiter, keys, policy, now, cost, capped)
+                decision, limit, every = self._decide_all(limiter, keys, policy, now, cost, capped)
             else:
                 limit = policy
                 self._tick += 1
@@ -235,7 +234,7 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
             status.current_limit.CopyFrom(f.limit)
             status.duration_until_reset.seconds = reset
             if policy.also:
-                for x, d in self._last_all:
+                for x, d in every:
                     g = self._shape(x)
                     r = max(0, math.floor(d.remaining))
                     headers.add(key="RateLimit-Policy", value=g.policy_header)
@@ -252,24 +251,24 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
     def _decide_all(self, limiter, keys, policy: Policy, now: float, cost: int, capped: bool):
         """A descriptor whose rule has several limits: all or nothing (``Limiter.decide_all``), as
         ``/protected`` decides it. Returns the decision the status reports (the limit that refused,
-        else the one with the fewest tokens left) and that limit; every limit's decision is kept
-        in ``_last_all`` for the headers."""
+        else the one with the fewest tokens left), that limit, and (limit, decision) of every limit
+        for the headers."""
         limits = policy.limits
         shadow = tuple(x.shadow for x in limits) if any(x.shadow for x in limits) else ()
         refused, answers = limiter.decide_all(list(keys), [x.rule for x in limits], now, cost, capped, shadow)
-        self._last_all = list(zip(limits, answers))
+        every = list(zip(limits, answers))
         if refused >= 0:
-            for x, d in self._last_all:
+            for x, d in every:
                 metrics.decision(x.name, "refused" if not d.allowed and not x.shadow else "not_charged", "rls")
-            return answers[refused], limits[refused]
-        for x, d in self._last_all:
+            return answers[refused], limits[refused], every
+        for x, d in every:
             metrics.decision(x.name, "allowed" if d.allowed else "shadow_refused", "rls")
         i = min(range(len(limits)), key=lambda j: answers[j].remaining)
         shown = answers[i]
         if any(not d.allowed for d in answers):  # only shadow limits refused: let through, say so
             j = next(j for j, d in enumerate(answers) if not d.allowed)
-            return answers[j], limits[j]
-        return shown, limits[i]
+            return answers[j], limits[j], every
+        return shown, limits[i], every
 
     async def ShouldRateLimit(self, request: rls_pb2.RateLimitRequest, context: grpc.aio.ServicerContext) -> Response:
         try:

@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     expire_check_interval: float = Field(10.0, gt=0, description="seconds between expiry sweeps")
     max_unconfirmed_keys: int = Field(50_000, ge=1, description="back-pressure: while this worker holds this many admitted states Kafka has not shown it yet, /protected answers 503 (Retry-After: 1) for keys it holds no state of")
     cache_keys: int = Field(200_000, ge=1, description="decoded bucket states kept in memory (least recently read evicted first; a miss is one RocksDB read); about 1 KB of RSS each")
+    rocksdb_memtable_mb: float = Field(8.0, ge=0, description="RocksDB memtables of all this worker's partition stores together, in MiB (one write buffer manager: past it the largest is flushed); 0: no shared budget, up to 2 x 4 MiB per store")
     hold_share: float = Field(0.05, ge=0, le=1, description="publishing rule: share of each rule's rate the cluster may lose to admissions workers keep to themselves (far from the limit); 0 publishes every admission (docs/design.md, holding back)")
     hold_burst: float = Field(0.05, ge=0, le=1, description="publishing rule: share of each rule's capacity (at least 1 token) one worker may keep unpublished on one key at once")
     hold_floor: float = Field(0.5, ge=0, le=1, description="publishing rule: a worker keeps an admission to itself only while its view of the bucket keeps this share of the capacity")

@@ -30,16 +30,17 @@ from bucketstream.worker import Worker
 #: worker's memory has no useful bound. With these, a store holds at most 2 x 4 MiB of
 #: memtable (and that much log) and 8 MiB of cache (docs/operations.md).
 STORE_OPTIONS = {"write_buffer_size": 4 << 20, "max_write_buffer_number": 2, "block_cache_size": 8 << 20}
-#: The memtables of all of a worker's partition stores together (one RocksDB write buffer
-#: manager): past it RocksDB flushes the largest. Per store alone, 8 partitions could hold
-#: 64 MiB, reached only after many minutes of writes, so a worker's memory grew for that long.
-MEMTABLE_BUDGET = 8 << 20
 
 
 def register(app: faust.App, worker: Worker) -> faust.Table:
     """Declare the bucket table on ``app``; the worker reads it and learns its readiness through it."""
     limiter = worker.limiter
+    # The memtables of all partition stores together (BUCKETSTREAM_ROCKSDB_MEMTABLE_MB): past it
+    # RocksDB flushes the largest. Per store alone, 8 partitions could hold 64 MiB, reached only
+    # after many minutes of writes, so a worker's memory grew for that long. 0: no shared budget.
     patches.share_write_buffers()
+    budget = int(worker.settings.rocksdb_memtable_mb * (1 << 20))
+    buffers = rocksdict.WriteBufferManager(budget, False) if budget else None
 
     async def on_changelog_event(event) -> None:
         now = worker.clock()
@@ -54,7 +55,7 @@ def register(app: faust.App, worker: Worker) -> faust.Table:
         standby_buffer_size=patches.STANDBY_BATCH,
         on_changelog_event=on_changelog_event,
         # a copy: Faust's store pops keys from the mapping it is given
-        options=dict(STORE_OPTIONS, write_buffer_manager=rocksdict.WriteBufferManager(MEMTABLE_BUDGET, False)),
+        options=dict(STORE_OPTIONS, write_buffer_manager=buffers) if buffers else dict(STORE_OPTIONS),
         help="token buckets: bucket key -> encoded CRDT state",
     )
     partition_for = worker.partition_for
@@ -72,7 +73,19 @@ def register(app: faust.App, worker: Worker) -> faust.Table:
             return table.get(key)
         return db.get(key)
 
+    def store_memory() -> dict[str, int]:
+        """RocksDB's memory outside Python's heap: memtables (all stores, the shared budget),
+        block caches and the open files' index and filter blocks (summed over the stores)."""
+        dbs = list(patches.store_dbs(table).values())
+        memtables = buffers.get_usage() if buffers else sum(
+            db.property_int_value("rocksdb.cur-size-all-mem-tables") or 0 for db in dbs)
+        return {"memtables": memtables,
+                "block_cache": sum(db.property_int_value("rocksdb.block-cache-usage") or 0 for db in dbs),
+                "table_readers": sum(db.property_int_value("rocksdb.estimate-table-readers-mem") or 0 for db in dbs),
+                "stores": len(dbs)}
+
     worker.read_stored = read_stored
+    worker.store_memory = store_memory
     worker.tables_recovered = lambda: app.tables.actives_ready and (
         app.tables.standbys_ready or patches.standbys_caught_up(app))
     return table

@@ -621,6 +621,7 @@ def register(app: faust.App, worker: Worker, table: faust.Table) -> None:
                     "changelog_lag": _summary(list(limiter.changelog_lags)),
                     # changelog events read (in the view, found by point reads) but not yet in RocksDB
                     "unflushed_changelog_keys": len(unflushed),
+                    "rocksdb_memory_bytes": worker.store_memory(),
                     "bulk_recovery": worker.bulk_recovery.as_dict(),
                 }
             )

@@ -4,8 +4,9 @@ Its slot (CRDT node id), rules, limiter, readiness and recovery stats. The
 table, agents and web routes (``tables``, ``agents``, ``web``) are registered
 on a Faust app *for* a worker and reach its state only through it; ``app``
 builds the worker and the app from settings. The worker reads the table
-through ``read_stored`` and asks whether Faust's recovery is done through
-``tables_recovered``, both set by ``tables.register``.
+through ``read_stored``, asks whether Faust's recovery is done through
+``tables_recovered`` and what RocksDB holds in memory through ``store_memory``,
+all set by ``tables.register``.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class Worker:
         self.read_stored: Callable[[bytes], bytes | None] = lambda key: None
         #: Whether Faust has recovered this worker's active and standby partitions (tables.register).
         self.tables_recovered: Callable[[], bool] = lambda: False
+        #: RocksDB's memory beside Python's, in bytes by kind (tables.register).
+        self.store_memory: Callable[[], dict[str, int]] = dict
         self.partition_for = functools.lru_cache(maxsize=1 << 16)(self._partition)
         self._ready = False
         self.peer_feed_ready = False

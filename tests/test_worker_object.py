@@ -86,16 +86,16 @@ def test_each_partition_store_gets_the_bounded_rocksdb_options(tmp_path):
 
 
 def test_all_partition_stores_of_a_worker_share_one_memtable_budget(tmp_path):
-    """Writes to any partition store count against one write buffer manager of MEMTABLE_BUDGET,
-    so a worker's memtables stop growing at that budget however many partitions it holds."""
+    """Writes to any partition store count against one write buffer manager of
+    rocksdb_memtable_mb, so a worker's memtables stop growing at that budget however many
+    partitions it holds; /stats (store_memory) reports what it holds."""
     from bucketstream import patches
     from bucketstream.app import create_app
-    from bucketstream.tables import MEMTABLE_BUDGET
 
-    app = create_app(Settings(app_id="budget", data_dir=tmp_path))
+    app = create_app(Settings(app_id="budget", data_dir=tmp_path, rocksdb_memtable_mb=6))
     table = app.bucket_table
     manager = table.data.rocksdb_options.extra_options["write_buffer_manager"]
-    assert manager.get_buffer_size() == MEMTABLE_BUDGET
+    assert manager.get_buffer_size() == 6 << 20
     before = manager.get_usage()
     for partition in (0, 5):
         db = patches.store_db(table, partition)
@@ -107,3 +107,17 @@ def test_all_partition_stores_of_a_worker_share_one_memtable_budget(tmp_path):
     for i in range(2000):
         db[b"k%d" % i] = b"v" * 200
     assert manager.get_usage() > usage_one
+    memory = app.worker.store_memory()
+    assert memory["stores"] == 3 and memory["memtables"] == manager.get_usage()
+
+
+def test_no_shared_memtable_budget_when_it_is_set_to_zero(tmp_path):
+    from bucketstream import patches
+    from bucketstream.app import create_app
+
+    app = create_app(Settings(app_id="nobudget", data_dir=tmp_path, rocksdb_memtable_mb=0))
+    table = app.bucket_table
+    assert "write_buffer_manager" not in table.data.rocksdb_options.extra_options
+    db = patches.store_db(table, 0)
+    db[b"k"] = b"v" * 200
+    assert app.worker.store_memory()["memtables"] > 0  # each store's own memtables, summed
