@@ -76,22 +76,28 @@ def soak(bench, log, n: int, traffic: str) -> dict:
             drain = drain_time(bench, p.app_id, workers, max(cfg.drain_timeout, 300.0))
             log(f"  soak {traffic}, {n} worker(s): max {entry['max_rps']:,.0f} req/s (the agents handled its "
                 f"updates {drain:.1f} s after it); offering {entry['offered']:,.0f} req/s")
+            broker = bench.broker_pid()
             heavy = bench.prefix("heavy")  # skewed: the same users all run long (their buckets stay hot)
             started = time.monotonic()
             for i in range(max(1, math.ceil(cfg.soak_seconds / cfg.soak_window))):
                 prefix = heavy if traffic == "skewed" else bench.prefix("new")
                 cpu0 = [cpu_seconds(w.proc.pid) for w in workers]
+                broker0 = cpu_seconds(broker) if broker else None
                 runs = load(entry["offered"] / n, cfg.soak_window, prefix, i + 2)
                 cpu = sum(cpu_seconds(w.proc.pid) - c for w, c in zip(workers, cpu0))
                 row = sample(bench, p.app_id, workers, runs)
                 # the workers' CPU per request: on a shared machine a steadier sign of a cost that
                 # grows with time than latency is
                 row["cpu_us"] = 1e6 * cpu / row["requests"] if row["requests"] else None
+                # the broker shares the cores: its CPU growing would slow the workers with no cost of theirs growing
+                row["broker_cpu_us"] = (1e6 * (cpu_seconds(broker) - broker0) / row["requests"]
+                                        if broker0 is not None and row["requests"] else None)
                 row["t"] = time.monotonic() - started
                 entry["rows"].append(row)
-                log(f"  {row['t']:5.0f}s {row['rps']:8,.0f} req/s  CPU {_us(row.get('cpu_us'))} µs/req  p50 {row['p50_ms']:6.2f} ms  p99 "
+                log(f"  {row['t']:5.0f}s {row['rps']:8,.0f} req/s  CPU {_us(row.get('cpu_us'))} µs/req "
+                    f"(broker {_us(row.get('broker_cpu_us'))})  p50 {row['p50_ms']:6.2f} ms  p99 "
                     f"{row['p99_ms']:7.2f} ms  RSS {row['rss_max'] / 2**20:6.0f} MiB  RocksDB "
-                    f"{row['rocksdb_max'] / 2**20:5.1f} MiB  store "
+                    f"{row['rocksdb_max'] / 2**20:5.1f} MiB  Python {row['py_blocks_max'] / 1e6:5.2f}M blocks  store "
                     f"{row['store_max'] / 2**20:6.1f} MiB  backlog {row['backlog']:6,} rec  keys cached "
                     f"{row['cached']:,} own {row['own']:,} table {row['table']}")
         entry["drain_seconds"] = drain_time(bench, p.app_id, workers, cfg.drain_timeout)
@@ -109,6 +115,7 @@ def sample(bench, app_id: str, workers, runs) -> dict:
     store = [dir_bytes(w.data_dir) for w in workers]
     # memtables + block caches + index and filter blocks: RocksDB's part of the RSS
     rocksdb = [sum(v for k, v in s["rocksdb_memory_bytes"].items() if k != "stores") for s in per]
+    blocks = [s["python_allocated_blocks"] for s in per]
     requests = sum(r.requests for r in runs)
     return {
         "rps": sum(r.rps for r in runs), "requests": requests, "non_2xx": sum(r.non_2xx for r in runs),
@@ -117,7 +124,7 @@ def sample(bench, app_id: str, workers, runs) -> dict:
         # the pooled percentile is not known; the worst worker's is an upper bound of it
         "p50_ms": max(r.p50_ms for r in runs), "p99_ms": max(r.p99_ms for r in runs),
         "rss": rss, "rss_max": max(rss), "store": store, "store_max": max(store),
-        "rocksdb": rocksdb, "rocksdb_max": max(rocksdb),
+        "rocksdb": rocksdb, "rocksdb_max": max(rocksdb), "py_blocks": blocks, "py_blocks_max": max(blocks),
         "cached": sum(s["cached_keys"] for s in per), "own": sum(s["own_unreflected_keys"] for s in per),
         "table": max((s["active_keys"] or 0) for s in per),
         "backlog": backlog(bench, app_id, workers),
@@ -195,6 +202,10 @@ def _s(x) -> str:
     return "-" if x is None else f"{x:.2f} s"
 
 
+def _count(n) -> str:
+    return "-" if n is None else f"{n:,}"
+
+
 def _mib(n) -> str:
     return "-" if n is None else f"{n / 2**20:.1f}"
 
@@ -207,18 +218,19 @@ def markdown(results: dict) -> list[str]:
            f"Rule C = {CAPACITY:g}, R = {RATE:g}/s; buckets expire {EXPIRE_AFTER:g} s after they are full and idle "
            f"(sweep every {EXPIRE_CHECK:g} s); decoded cache {CACHE_KEYS:,} keys per worker. Offered: a fixed share of the max load measured just before on the "
            "same workers. p50/p99: the worst worker's. RSS, RocksDB (its memory: memtables, block caches, index "
-           "and filter blocks; part of the RSS) and store (the worker's data directory): the largest worker's. Keys: cached (decoded cache, all workers), own (admitted, not yet seen back from "
+           "and filter blocks; part of the RSS), Python blocks (objects Python has allocated, sys.getallocatedblocks) and store (the worker's data directory): the largest worker's. Keys: cached (decoded cache, all workers), own (admitted, not yet seen back from "
            "Kafka), table (the largest worker's active partitions). Backlog: update-topic records no merge agent "
-           "had handled yet. CPU: user + system time of all workers in the window per request answered.", ""]
+           "had handled yet. CPU: user + system time of all workers in the window per request answered; broker CPU: "
+           "the same for the Kafka broker the bench started.", ""]
     for e in runs:
         out += [f"### {e['workers']} worker(s), {e['traffic']} users: max {e.get('max_rps', 0):,.0f} req/s, "
                 f"offered {e.get('offered', 0):,.0f} req/s; drained {_s(e.get('drain_seconds'))} after the load", "",
-                "| t (s) | req/s | CPU µs/req | p50 ms | p99 ms | 429s | errors | RSS MiB | RocksDB MiB | store MiB | backlog | cached | own | table |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                "| t (s) | req/s | CPU µs/req | broker CPU µs/req | p50 ms | p99 ms | 429s | errors | RSS MiB | RocksDB MiB | Python blocks | store MiB | backlog | cached | own | table |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in e["rows"]:
             out.append(f"| {r['t']:.0f} | {r['rps']:,.0f}{' (saturated)' if r['saturated'] else ''} | "
-                       f"{_us(r.get('cpu_us'))} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['non_2xx']:,} | {r['errors']:,} | "
-                       f"{r['rss_max'] / 2**20:.0f} | {_mib(r.get('rocksdb_max'))} | {r['store_max'] / 2**20:.1f} | {r['backlog']:,} | "
+                       f"{_us(r.get('cpu_us'))} | {_us(r.get('broker_cpu_us'))} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['non_2xx']:,} | {r['errors']:,} | "
+                       f"{r['rss_max'] / 2**20:.0f} | {_mib(r.get('rocksdb_max'))} | {_count(r.get('py_blocks_max'))} | {r['store_max'] / 2**20:.1f} | {r['backlog']:,} | "
                        f"{r['cached']:,} | {r['own']:,} | {r['table']:,} |")
         out.append("")
     return out
