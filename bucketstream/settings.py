@@ -89,6 +89,14 @@ class Settings(BaseSettings):
             raise ValueError(f"must be a finite number above 0, got {value!r}")
         return value
 
+    @field_validator("rocksdb_memtable_mb")
+    @classmethod
+    def _memtable_budget(cls, value: float) -> float:
+        # below a MiB RocksDB would flush a memtable every few writes
+        if not math.isfinite(value) or (value != 0 and value < 1):
+            raise ValueError(f"must be 0 (no shared budget) or at least 1 MiB, got {value!r}")
+        return value
+
     @model_validator(mode="after")
     def _kafka_security(self) -> "Settings":
         """The security settings that only make sense together, checked together."""

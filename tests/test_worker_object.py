@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from multidict import CIMultiDict
 
 from bucketstream import crdt
@@ -109,6 +110,14 @@ def test_all_partition_stores_of_a_worker_share_one_memtable_budget(tmp_path):
     assert manager.get_usage() > usage_one
     memory = app.worker.store_memory()
     assert memory["stores"] == 3 and memory["memtables"] == manager.get_usage()
+
+
+def test_a_memtable_budget_below_one_mib_stops_the_start_naming_the_setting():
+    from bucketstream.settings import ConfigError, load
+
+    with pytest.raises(ConfigError, match="BUCKETSTREAM_ROCKSDB_MEMTABLE_MB: .*at least 1 MiB"):
+        load({"rocksdb_memtable_mb": 0.001})
+    assert load({"rocksdb_memtable_mb": 0}).rocksdb_memtable_mb == 0
 
 
 def test_no_shared_memtable_budget_when_it_is_set_to_zero(tmp_path):
