@@ -370,8 +370,8 @@ def test_two_workers_share_the_bucket(pool):
 def test_the_documented_python_example_prints_what_it_says(capsys):
     """docs/api.md's snippet, run as written against a worker at capacity 10, rate 1."""
     from pathlib import Path
-    readme = (Path(__file__).resolve().parent.parent / "docs" / "api.md").read_text()
-    block = readme.split("From Python, with the upstream stubs", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "api.md").read_text()
+    block = doc.split("From Python, with the upstream stubs", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     code, expected = block.rsplit("# ", 1)
     clock = Clock()
     w = ready_worker(clock, capacity=10, rate=1)
