@@ -11,15 +11,12 @@ all set by ``tables.register``.
 
 from __future__ import annotations
 
-import functools
 import gc
 import secrets
 import time
 from collections.abc import Callable
 
-from aiokafka.partitioner import murmur2
-
-from bucketstream import crdt, metrics
+from bucketstream import crdt, keyhash, metrics
 from bucketstream.hold import HoldRule, Holds
 from bucketstream.local import BOTTOM, Limiter
 from bucketstream.recovery import BulkStats
@@ -51,7 +48,6 @@ class Worker:
         self.tables_recovered: Callable[[], bool] = lambda: False
         #: RocksDB's memory beside Python's, in bytes by kind (tables.register).
         self.store_memory: Callable[[], dict[str, int]] = dict
-        self.partition_for = functools.lru_cache(maxsize=1 << 16)(self._partition)
         self._ready = False
         self.peer_feed_ready = False
         self.stopping = False
@@ -61,14 +57,14 @@ class Worker:
         metrics.HELD.set_function(lambda: self.limiter.holds.held if self.limiter.holds else 0)
 
     # -- keys and expiry ---------------------------------------------------------------------
-    def _partition(self, key: bytes) -> int:
-        """Kafka's default partitioner, as the producer and the table use it (``partition_for``).
+    def partition_for(self, key: bytes) -> int:
+        """Kafka's default partitioner, as the producer and the table use it.
 
-        Cached (65,536 keys): a new key is hashed on its first read and again when
-        it is published a flush later, and aiokafka's murmur2 is pure Python (10 %
-        of a worker's CPU at unique-user load in the bench profile).
+        Not cached: it runs on the limiter's cache misses, mostly users seen for the
+        first time, where a cache of hashes would only add a miss and an eviction,
+        and when a key is published (with holding back, only keys near their limit).
         """
-        return (murmur2(key) & 0x7FFFFFFF) % self.settings.partitions
+        return keyhash.partition(key, self.settings.partitions)
 
     def expire_horizon(self, rule: crdt.Rule) -> float:
         """How long a bucket must have been full before it may be deleted (≥ C/r)."""
