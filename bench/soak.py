@@ -28,6 +28,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import math
+import re
 import time
 
 from bench.tools import cpu_seconds, dir_bytes, pin, rss_bytes
@@ -82,10 +83,12 @@ def soak(bench, log, n: int, traffic: str) -> dict:
             for i in range(max(1, math.ceil(cfg.soak_seconds / cfg.soak_window))):
                 prefix = heavy if traffic == "skewed" else bench.prefix("new")
                 cpu0 = [cpu_seconds(w.proc.pid) for w in workers]
+                gc0 = [gc_pauses(w) for w in workers]
                 broker0 = cpu_seconds(broker) if broker else None
                 runs = load(entry["offered"] / n, cfg.soak_window, prefix, i + 2)
                 cpu = sum(cpu_seconds(w.proc.pid) - c for w, c in zip(workers, cpu0))
                 row = sample(bench, p.app_id, workers, runs)
+                row.update(gc_window(gc0, [gc_pauses(w) for w in workers]))
                 # the workers' CPU per request: on a shared machine a steadier sign of a cost that
                 # grows with time than latency is
                 row["cpu_us"] = 1e6 * cpu / row["requests"] if row["requests"] else None
@@ -99,7 +102,8 @@ def soak(bench, log, n: int, traffic: str) -> dict:
                     f"{row['p99_ms']:7.2f} ms  RSS {row['rss_max'] / 2**20:6.0f} MiB  RocksDB "
                     f"{row['rocksdb_max'] / 2**20:5.1f} MiB  Python {row['py_blocks_max'] / 1e6:5.2f}M blocks  store "
                     f"{row['store_max'] / 2**20:6.1f} MiB  backlog {row['backlog']:6,} rec  keys cached "
-                    f"{row['cached']:,} own {row['own']:,} table {row['table']}")
+                    f"{row['cached']:,} own {row['own']:,} table {row['table']}  GC {row['gc_seconds'] * 1e3:,.0f} ms "
+                    f"({row['gc_full']} full, longest ≤ {_pause(row['gc_longest'])})")
         entry["drain_seconds"] = drain_time(bench, p.app_id, workers, cfg.drain_timeout)
         log(f"  after the load, the agents handled the last update within {entry['drain_seconds']:.1f} s")
     finally:
@@ -143,6 +147,45 @@ def handled(w) -> int:
     _, _, body = w.request("GET", "/metrics", timeout=30)
     return int(sum(float(line.rsplit(" ", 1)[1]) for line in body.decode().splitlines()
                    if line.startswith("bucketstream_updates_merged_total{")))
+
+
+#: The worker's histogram of garbage-collector passes (bucketstream.metrics.GC_PAUSE).
+_GC = re.compile(r'^bucketstream_gc_pause_seconds_(bucket|sum|count)\{generation="(\d)"(?:,le="([^"]+)")?\} (\S+)$', re.M)
+
+
+def gc_pauses(w) -> dict:
+    """One worker's garbage-collector totals so far: seconds and passes by generation, and
+    the histogram's cumulative bucket counts (all generations)."""
+    _, _, body = w.request("GET", "/metrics", timeout=30)
+    out: dict = {"seconds": 0.0, "full": 0, "buckets": {}}
+    for kind, generation, le, value in _GC.findall(body.decode()):
+        if kind == "sum":
+            out["seconds"] += float(value)
+        elif kind == "count" and generation == "2":
+            out["full"] = int(float(value))
+        elif kind == "bucket":
+            out["buckets"][le] = out["buckets"].get(le, 0) + int(float(value))
+    return out
+
+
+def gc_window(before: list[dict], after: list[dict]) -> dict:
+    """The window's collector pauses: the most any one worker spent in them, its full (generation 2)
+    passes, and an upper bound of the longest pause (the smallest histogram bound every pass of
+    the window fits under). A pause holds the worker's whole event loop, every request waiting."""
+    worst = max(range(len(after)), key=lambda i: after[i]["seconds"] - before[i]["seconds"])
+    longest = 0.0
+    for i, (a, b) in enumerate(zip(before, after)):
+        passes = {le: b["buckets"][le] - a["buckets"].get(le, 0) for le in b["buckets"]}
+        total = passes.get("+Inf", 0)
+        bounds = sorted((float(le), n) for le, n in passes.items())
+        if total:
+            longest = max(longest, next(le for le, n in bounds if n == total))
+    return {"gc_seconds": after[worst]["seconds"] - before[worst]["seconds"],
+            "gc_full": after[worst]["full"] - before[worst]["full"], "gc_longest": longest}
+
+
+def _pause(seconds: float) -> str:
+    return "-" if not seconds else ("> 0.5 s" if math.isinf(seconds) else f"{seconds * 1e3:g} ms")
 
 
 def drain_time(bench, app_id: str, workers, timeout: float) -> float:
@@ -206,6 +249,12 @@ def _count(n) -> str:
     return "-" if n is None else f"{n:,}"
 
 
+def _gc(row: dict) -> str:
+    if "gc_seconds" not in row:  # a run from before the soak reported it
+        return "-"
+    return f"{row['gc_seconds'] * 1e3:,.0f} ({row['gc_full']}, ≤ {_pause(row['gc_longest'])})"
+
+
 def _mib(n) -> str:
     return "-" if n is None else f"{n / 2**20:.1f}"
 
@@ -221,15 +270,17 @@ def markdown(results: dict) -> list[str]:
            "and filter blocks; part of the RSS), Python blocks (objects Python has allocated, sys.getallocatedblocks) and store (the worker's data directory): the largest worker's. Keys: cached (decoded cache, all workers), own (admitted, not yet seen back from "
            "Kafka), table (the largest worker's active partitions). Backlog: update-topic records no merge agent "
            "had handled yet. CPU: user + system time of all workers in the window per request answered; broker CPU: "
-           "the same for the Kafka broker the bench started.", ""]
+           "the same for the Kafka broker the bench started. GC: the time the worker that spent most in Python's "
+           "garbage collector spent there in the window, its full (generation 2) passes, and the longest pass of any "
+           "worker, as the histogram bound it fits under (a pass holds the whole event loop).", ""]
     for e in runs:
         out += [f"### {e['workers']} worker(s), {e['traffic']} users: max {e.get('max_rps', 0):,.0f} req/s, "
                 f"offered {e.get('offered', 0):,.0f} req/s; drained {_s(e.get('drain_seconds'))} after the load", "",
-                "| t (s) | req/s | CPU µs/req | broker CPU µs/req | p50 ms | p99 ms | 429s | errors | RSS MiB | RocksDB MiB | Python blocks | store MiB | backlog | cached | own | table |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                "| t (s) | req/s | CPU µs/req | broker CPU µs/req | p50 ms | p99 ms | GC ms (full passes, longest) | 429s | errors | RSS MiB | RocksDB MiB | Python blocks | store MiB | backlog | cached | own | table |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in e["rows"]:
             out.append(f"| {r['t']:.0f} | {r['rps']:,.0f}{' (saturated)' if r['saturated'] else ''} | "
-                       f"{_us(r.get('cpu_us'))} | {_us(r.get('broker_cpu_us'))} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['non_2xx']:,} | {r['errors']:,} | "
+                       f"{_us(r.get('cpu_us'))} | {_us(r.get('broker_cpu_us'))} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {_gc(r)} | {r['non_2xx']:,} | {r['errors']:,} | "
                        f"{r['rss_max'] / 2**20:.0f} | {_mib(r.get('rocksdb_max'))} | {_count(r.get('py_blocks_max'))} | {r['store_max'] / 2**20:.1f} | {r['backlog']:,} | "
                        f"{r['cached']:,} | {r['own']:,} | {r['table']:,} |")
         out.append("")
