@@ -98,10 +98,13 @@ def test_soak_smoke(broker, tmp_path):
         for row in e["rows"]:
             assert row["requests"] > 0 and row["rss_max"] > 0 and row["store_max"] > 0, row
             assert len(row["rss"]) == e["workers"] and row["cached"] > 0 and row["backlog"] >= 0, row
+            # a window of load allocates: the collector ran, and its pauses were read from /metrics
+            assert row["gc_seconds"] > 0 and row["gc_full"] >= 0 and row["gc_longest"] > 0, row
         assert e["drain_seconds"] is not None
     # the skewed mix's heavy users meet the soak's rule (C = 100, R = 10/s); new users never do
     assert all(r["non_2xx"] == 0 for e in soak if e["traffic"] == "unique" for r in e["rows"])
     assert any(r["non_2xx"] > 0 for e in soak if e["traffic"] == "skewed" for r in e["rows"])
     md = (out / "results.md").read_text()
     assert "## Soak: minutes of fixed load" in md and md.count("| t (s) | req/s |") == 4
+    assert md.count("| GC ms (full passes, longest) |") == 4
     assert md.count("RSS growth over the last half") == 4
