@@ -23,6 +23,7 @@ TARGET_TEXT = {
     "vs_redis": "(2) throughput ≥ 3 × (3)",
     "hot_msgs": "≤ 0.05 Kafka messages per request, hot key",
     "recovery": "1,000,000 keys recovered in ≤ 60 s",
+    "pairs": "unique-user max ≥ 0.9 × hot-user max, back to back on one worker (#15)",
 }
 
 
@@ -254,6 +255,11 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
             x = m["rps"] / r["rps"]
             out.append((f"{TARGET_TEXT['vs_redis']} ({scenario} users)",
                         f"{_int(m['rps'])} vs {_int(r['rps'])} req/s = {x:.2f}×", x >= 3))
+    ratios = sorted(x["ratio"] for x in results.get("pairs", []) if x["ratio"] is not None)
+    if ratios:
+        median = ratios[len(ratios) // 2]
+        pairs = ", ".join(f"{_int(x['unique'])} / {_int(x['hot'])}" for x in results["pairs"])
+        out.append((TARGET_TEXT["pairs"], f"median {median:.2f}× (unique / hot req/s: {pairs})", median >= 0.9))
     for label, k, _ in kafka_rows(results):
         if label.startswith("hot") and k["requests"]:
             out.append((f"{TARGET_TEXT['hot_msgs']} ({label.removeprefix('hot users, ')})",

@@ -61,6 +61,9 @@ def test_bench_smoke(broker, tmp_path):
     assert scale["publish all"]["traffic"]["unique"]["updates_per_request"] > 0.9
     assert scale["hold"]["traffic"]["unique"]["updates_per_request"] < 0.1
     assert results["limits"]["ratio"] is not None
+    # #15's unique/hot ratio from runs back to back on one worker, each pair kept
+    assert results["pairs"] and all(x["hot"] > 0 and x["unique"] > 0 and x["ratio"] > 0 for x in results["pairs"])
+    assert "unique-user max ≥ 0.9 × hot-user max, back to back on one worker (#15)" in md
     # nothing the bench started is left running
     assert results["meta"]["pids"]
     for pid in results["meta"]["pids"]:
