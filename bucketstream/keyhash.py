@@ -1,4 +1,4 @@
-"""Kafka's default partitioner for bucket keys: murmur2 as Kafka (and aiokafka) compute it, in a third of the time.
+"""Kafka's default partitioner for bucket keys: murmur2 as Kafka (and aiokafka) compute it, in half the time.
 
 A worker hashes a key to find its partition, and with it the RocksDB store
 to read, on every cache miss: for a rate limiter's most common request, a
