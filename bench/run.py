@@ -176,12 +176,17 @@ class Bench:
         for i in range(max(1, repeats)):
             runs.append(self.wrk(port, target, scenario, **kw))
             entries.append(self.results["runs"].pop())
+        median = self.record_median(runs, entries)
+        if len(runs) > 1:
+            log(f"  {target:12s} {scenario:6s} median of {len(runs)}: {median.rps:,.0f} req/s")
+        return median
+
+    def record_median(self, runs: list[loadgen.Run], entries: list[dict]) -> loadgen.Run:
+        """Record the entry of the median run by req/s, with every run's req/s kept in it."""
         order = sorted(range(len(runs)), key=lambda i: runs[i].rps)
         median = order[len(order) // 2]
         entries[median]["repeats"] = [r.rps for r in runs]
         self.results["runs"].append(entries[median])
-        if len(runs) > 1:
-            log(f"  {target:12s} {scenario:6s} median of {len(runs)}: {runs[median].rps:,.0f} req/s")
         return runs[median]
 
     def idle_cpu(self, target: str) -> None:
@@ -475,10 +480,7 @@ class Bench:
             entries.append(self.results["runs"].pop())
             pairs.append({"hot": hot.rps, "unique": runs[-1].rps,
                           "ratio": runs[-1].rps / hot.rps if hot.rps else None})
-        order = sorted(range(len(runs)), key=lambda i: runs[i].rps)
-        median = order[len(order) // 2]
-        entries[median]["repeats"] = [r.rps for r in runs]
-        self.results["runs"].append(entries[median])
+        self.record_median(runs, entries)
         self.results["pairs"] = pairs
         ratios = sorted(x["ratio"] for x in pairs if x["ratio"] is not None)
         if ratios:
