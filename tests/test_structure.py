@@ -96,6 +96,13 @@ def test_a_missing_private_internal_stops_the_start_naming_it(monkeypatch):
         patches.check()
 
 
+def test_an_override_the_library_no_longer_calls_stops_the_start_naming_it(monkeypatch):
+    monkeypatch.setattr(patches, "CALLS", patches.CALLS + [
+        (patches.faust_consumer.Consumer, "_drain_messages", "self.deliver_somehow(", "a probe")])
+    with pytest.raises(patches.PatchError, match=r"Consumer\._drain_messages calling 'self\.deliver_somehow\(' \(a probe\)"):
+        patches.check()
+
+
 def test_only_patches_touches_a_librarys_private_names():
     """No ``x._name`` of a library object outside patches.py (our own objects' are fine)."""
     ours = ("self.", "cls.", "other.", "limiter.", "rule.", "old_rule.", "new_rule.", "state.", "a.", "b.", "s.", "new.",
