@@ -86,6 +86,7 @@ def soak(bench, log, n: int, traffic: str) -> dict:
                 gc0 = [gc_pauses(w) for w in workers]
                 broker0 = cpu_seconds(broker) if broker else None
                 runs = load(entry["offered"] / n, cfg.soak_window, prefix, i + 2)
+                ended = time.monotonic()
                 cpu = sum(cpu_seconds(w.proc.pid) - c for w, c in zip(workers, cpu0))
                 row = sample(bench, p.app_id, workers, runs)
                 row.update(gc_window(gc0, [gc_pauses(w) for w in workers]))
@@ -101,10 +102,11 @@ def soak(bench, log, n: int, traffic: str) -> dict:
                     f"(broker {_us(row.get('broker_cpu_us'))})  p50 {row['p50_ms']:6.2f} ms  p99 "
                     f"{row['p99_ms']:7.2f} ms  RSS {row['rss_max'] / 2**20:6.0f} MiB  RocksDB "
                     f"{row['rocksdb_max'] / 2**20:5.1f} MiB  Python {row['py_blocks_max'] / 1e6:5.2f}M blocks  store "
-                    f"{row['store_max'] / 2**20:6.1f} MiB  backlog {row['backlog']:6,} rec  keys cached "
+                    f"{row['store_max'] / 2**20:6.1f} MiB  backlog {row['backlog']:6,} rec (merge lag p99 {_lag(row.get('merge_lag_p99'))} s)  keys cached "
                     f"{row['cached']:,} own {row['own']:,} table {row['table']}  GC {row['gc_seconds'] * 1e3:,.0f} ms "
                     f"({row['gc_full']} full, longest ≤ {_pause(row['gc_longest'])})")
-        entry["drain_seconds"] = drain_time(bench, p.app_id, workers, cfg.drain_timeout)
+        # from the end of the load, not from the end of the last row's sampling (a second or more)
+        entry["drain_seconds"] = drain_time(bench, p.app_id, workers, cfg.drain_timeout, since=ended)
         log(f"  after the load, the agents handled the last update within {entry['drain_seconds']:.1f} s")
     finally:
         bench.stop_pool(p)
@@ -114,6 +116,8 @@ def soak(bench, log, n: int, traffic: str) -> dict:
 def sample(bench, app_id: str, workers, runs) -> dict:
     from bench.run import stats
 
+    # first: the backlog right after the load, before the per-worker polls below give the agents time
+    unhandled = backlog(bench, app_id, workers)
     per = [stats(w) for w in workers]
     rss = [rss_bytes(w.proc.pid) for w in workers]
     store = [dir_bytes(w.data_dir) for w in workers]
@@ -131,7 +135,10 @@ def sample(bench, app_id: str, workers, runs) -> dict:
         "rocksdb": rocksdb, "rocksdb_max": max(rocksdb), "py_blocks": blocks, "py_blocks_max": max(blocks),
         "cached": sum(s["cached_keys"] for s in per), "own": sum(s["own_unreflected_keys"] for s in per),
         "table": max((s["active_keys"] or 0) for s in per),
-        "backlog": backlog(bench, app_id, workers),
+        "backlog": unhandled,
+        # the agents' lag, the update's produce time to its merge, p99 of each worker's last 4,096
+        # merged updates (the worst worker's): how far behind the table was while the load ran
+        "merge_lag_p99": max((s["update_lag"]["p99"] for s in per if s["update_lag"]["samples"]), default=None),
     }
 
 
@@ -188,9 +195,10 @@ def _pause(seconds: float) -> str:
     return "-" if not seconds else ("> 0.5 s" if math.isinf(seconds) else f"{seconds * 1e3:g} ms")
 
 
-def drain_time(bench, app_id: str, workers, timeout: float) -> float:
-    """Seconds from the end of the load until the agents have handled every update."""
-    started = time.monotonic()
+def drain_time(bench, app_id: str, workers, timeout: float, since: float | None = None) -> float:
+    """Seconds from the end of the load (``since``, a ``time.monotonic()``; default now) until
+    a poll finds that the agents have handled every update (the end of that poll)."""
+    started = time.monotonic() if since is None else since
     while time.monotonic() - started < timeout:
         with contextlib.suppress(Exception):
             if backlog(bench, app_id, workers) == 0:
@@ -237,6 +245,10 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
     return out
 
 
+def _lag(seconds) -> str:
+    return "-" if seconds is None else f"{seconds:.2f}"
+
+
 def _us(x) -> str:
     return "-" if x is None else f"{x:,.0f}"
 
@@ -269,19 +281,20 @@ def markdown(results: dict) -> list[str]:
            "same workers. p50/p99: the worst worker's. RSS, RocksDB (its memory: memtables, block caches, index "
            "and filter blocks; part of the RSS), Python blocks (objects Python has allocated, sys.getallocatedblocks) and store (the worker's data directory): the largest worker's. Keys: cached (decoded cache, all workers), own (admitted, not yet seen back from "
            "Kafka), table (the largest worker's active partitions). Backlog: update-topic records no merge agent "
-           "had handled yet. CPU: user + system time of all workers in the window per request answered; broker CPU: "
+           "had handled yet, right after the window's load; merge lag: an update's produce time to its merge by "
+           "an agent, p99 of each worker's last 4,096 merged updates (the worst worker's). CPU: user + system time of all workers in the window per request answered; broker CPU: "
            "the same for the Kafka broker the bench started. GC: the time the worker that spent most in Python's "
            "garbage collector spent there in the window, its full (generation 2) passes, and the longest pass of any "
            "worker, as the histogram bound it fits under (a pass holds the whole event loop).", ""]
     for e in runs:
         out += [f"### {e['workers']} worker(s), {e['traffic']} users: max {e.get('max_rps', 0):,.0f} req/s, "
                 f"offered {e.get('offered', 0):,.0f} req/s; drained {_s(e.get('drain_seconds'))} after the load", "",
-                "| t (s) | req/s | CPU µs/req | broker CPU µs/req | p50 ms | p99 ms | GC ms (full passes, longest) | 429s | errors | RSS MiB | RocksDB MiB | Python blocks | store MiB | backlog | cached | own | table |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                "| t (s) | req/s | CPU µs/req | broker CPU µs/req | p50 ms | p99 ms | GC ms (full passes, longest) | 429s | errors | RSS MiB | RocksDB MiB | Python blocks | store MiB | backlog | merge lag p99 s | cached | own | table |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in e["rows"]:
             out.append(f"| {r['t']:.0f} | {r['rps']:,.0f}{' (saturated)' if r['saturated'] else ''} | "
                        f"{_us(r.get('cpu_us'))} | {_us(r.get('broker_cpu_us'))} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {_gc(r)} | {r['non_2xx']:,} | {r['errors']:,} | "
                        f"{r['rss_max'] / 2**20:.0f} | {_mib(r.get('rocksdb_max'))} | {_count(r.get('py_blocks_max'))} | {r['store_max'] / 2**20:.1f} | {r['backlog']:,} | "
-                       f"{r['cached']:,} | {r['own']:,} | {r['table']:,} |")
+                       f"{_lag(r.get('merge_lag_p99'))} | {r['cached']:,} | {r['own']:,} | {r['table']:,} |")
         out.append("")
     return out

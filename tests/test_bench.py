@@ -107,7 +107,9 @@ def test_soak_smoke(broker, tmp_path):
     # the skewed mix's heavy users meet the soak's rule (C = 100, R = 10/s); new users never do
     assert all(r["non_2xx"] == 0 for e in soak if e["traffic"] == "unique" for r in e["rows"])
     assert any(r["non_2xx"] > 0 for e in soak if e["traffic"] == "skewed" for r in e["rows"])
+    # their admissions are published and merged: the agents' lag was read from the workers
+    assert any(r["merge_lag_p99"] is not None for e in soak if e["traffic"] == "skewed" for r in e["rows"])
     md = (out / "results.md").read_text()
     assert "## Soak: minutes of fixed load" in md and md.count("| t (s) | req/s |") == 4
-    assert md.count("| GC ms (full passes, longest) |") == 4
+    assert md.count("| GC ms (full passes, longest) |") == 4 and md.count("| merge lag p99 s |") == 4
     assert md.count("RSS growth over the last half") == 4
