@@ -189,8 +189,8 @@ class _Consumer(faust_kafka.Consumer):
         Faust's consumer hands every message to its streams as
         ``wait_first(callback(message), suspend_flow.wait())`` so that a rebalance
         can abandon a delivery blocked on a full stream buffer. mode makes four
-        tasks and an ``asyncio.wait`` of that, per message: about half of the
-        merge agent's time, four times its own work. The callback almost never
+        tasks and an ``asyncio.wait`` of that, per message: a quarter of a merging
+        worker's time, twice the merge agent's own work. The callback almost never
         blocks (it blocks only while flow is suspended, the producer buffer is over
         its limit or a stream's buffer is full), so it is stepped once here; if it
         finishes, that is the result mode gives when it finishes first. If it
