@@ -18,7 +18,6 @@ from yarl import URL
 from bucketstream import patches
 
 
-
 def in_a_loop(test):
     """The coroutine ``test`` run as a plain test, on a fresh event loop."""
     @functools.wraps(test)
