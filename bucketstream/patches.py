@@ -95,14 +95,18 @@ USED = [
 ]
 
 
+def _source(owner: type, method: str) -> str | None:
+    try:
+        return inspect.getsource(getattr(owner, method))
+    except (AttributeError, OSError, TypeError):
+        return None
+
+
 def _present(owner: type, name: str, where: str) -> bool:
     if where == "class":
         return hasattr(owner, name)
-    try:
-        source = inspect.getsource(getattr(owner, where))
-    except (AttributeError, OSError, TypeError):
-        return False
-    return re.search(rf"self\.{name}\s*(:[^=\n]*)?=[^=]", source) is not None
+    source = _source(owner, where)
+    return source is not None and re.search(rf"self\.{name}\s*(:[^=\n]*)?=[^=]", source) is not None
 
 
 #: (owner, method, a call it must make, what for): an override that only pays off when a
@@ -113,10 +117,7 @@ CALLS = [
 
 
 def _calls(owner: type, method: str, call: str) -> bool:
-    try:
-        return call in inspect.getsource(getattr(owner, method))
-    except (AttributeError, OSError, TypeError):
-        return False
+    return call in (_source(owner, method) or "")
 
 
 def missing() -> list[str]:
@@ -208,7 +209,7 @@ class _Consumer(faust_kafka.Consumer):
         except BaseException:
             _close(coros[1:])
             raise
-        return await super().wait_first(_resumed(first, yielded), *coros[1:], timeout=timeout)
+        return await super().wait_first(_Resume(first, yielded), *coros[1:], timeout=timeout)
 
 
 def _close(awaitables) -> None:
@@ -218,14 +219,10 @@ def _close(awaitables) -> None:
             aw.close()
 
 
-async def _resumed(coro, yielded):
-    """The rest of ``coro``, which was stepped by hand and suspended on ``yielded``."""
-    return await _Resume(coro, yielded)
-
-
 class _Resume:
-    """Awaitable that hands ``yielded`` to the task awaiting it, then drives ``coro`` on:
-    what the task sends or throws in goes to ``coro`` (cancellation included)."""
+    """The rest of ``coro``, which was stepped by hand and suspended on ``yielded``: hands
+    ``yielded`` to the task awaiting it, then drives ``coro`` on; what the task sends or
+    throws in goes to ``coro`` (cancellation included)."""
 
     __slots__ = ("coro", "yielded")
 
