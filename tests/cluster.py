@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -24,23 +25,49 @@ KAFKA_SH = ROOT / "deploy" / "kafka" / "kafka.sh"
 KAFKA_SECURE_SH = ROOT / "deploy" / "kafka" / "kafka-secure.sh"
 
 
-def free_port() -> int:
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+_handed_out: set[int] = set()
+
+
+def free_port(pair: bool = False) -> int:
+    """A free port of 127.0.0.1 below the kernel's ephemeral range (with p+1 free too if ``pair``).
+
+    Not port 0's answer: that comes from the ephemeral range, and between this
+    call and the process that listens on it, any outgoing connection on the
+    machine (a worker's to the broker, the broker's own) can take it as its
+    source port; the listener then dies with "Address already in use". A port
+    below the range is only ever taken by a bind. Ports handed out once are not
+    handed out again in this process, so two calls in a row never collide.
+    """
+    top = max(_ephemeral_low() - 2, 12000)
+    for _ in range(1000):
+        p = random.randrange(10000, top)
+        taken = {p, p + 1} if pair else {p}
+        if taken & _handed_out or not all(_bindable(q) for q in taken):
+            continue
+        _handed_out.update(taken)
+        return p
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def free_port_pair() -> int:
     """A port p with p+1 free as well (client and controller listeners)."""
-    for _ in range(100):
-        p = free_port()
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", p + 1))
-            except OSError:
-                continue
-        return p
-    raise RuntimeError("no free port pair")
+    return free_port(pair=True)
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):

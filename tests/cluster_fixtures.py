@@ -21,9 +21,7 @@ import asyncio
 import atexit
 import json
 import os
-import random
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -35,7 +33,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from tests.cluster import ROOT, Broker, WorkerPool, wait_until
+from tests.cluster import ROOT, Broker, WorkerPool, free_port_pair, wait_until
 from tests.helpers import Load
 
 CLUSTER_SH = ROOT / "deploy" / "kafka" / "cluster.sh"
@@ -60,36 +58,10 @@ def broker_session_timeout() -> float:
     return 9.0
 
 
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
 def port_pairs(n: int) -> list[int]:
-    """n client ports p, each with p+1 free too, below the kernel's ephemeral range.
-
-    Three nodes starting at once connect to each other; a port taken from the
-    ephemeral range (what ``free_port`` hands out) can meanwhile become the
-    source port of one of those connections, and the node that should listen
-    on it then dies with "Address already in use".
-    """
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    top = max(low - 2, 12000)
-    ports: list[int] = []
-    for _ in range(1000):
-        p = random.randrange(10000, top)
-        if all(abs(p - q) > 1 for q in ports) and _bindable(p) and _bindable(p + 1):
-            ports.append(p)
-            if len(ports) == n:
-                return ports
-    raise RuntimeError("no free port pairs below the ephemeral range")
+    """n client ports p, each with p+1 free too, below the kernel's ephemeral range
+    (three nodes starting at once connect to each other: see ``free_port``)."""
+    return [free_port_pair() for _ in range(n)]
 
 
 @dataclass
