@@ -49,6 +49,11 @@ PEER_LOOKBACK = 120.0
 #: How often the loop-lag probe wakes (``bucketstream_event_loop_lag_seconds``).
 LOOP_PROBE_INTERVAL = 0.05
 
+#: Timers that walk many keys hand the event loop back after this many, so that no request
+#: waits behind a whole sweep (about a millisecond of work: requests queue behind any
+#: stretch of it, and a sweep's length follows the traffic).
+SWEEP_SLICE = 250
+
 #: How long a stopping worker waits for its last deltas to reach Kafka.
 SHUTDOWN_FLUSH_TIMEOUT = 10.0
 
@@ -497,8 +502,13 @@ class Agents:
         """The safety net: send again what Kafka acknowledged but never showed (see Limiter.resend_stale);
         and forget held-back states whose allowance refilled (Limiter.drop_refilled)."""
         now = self.worker.clock()
-        self.limiter.resend_stale(now)
-        self.limiter.drop_refilled(now)
+        limiter = self.limiter
+        limiter.resend_stale(now)
+        # as many keys refill each second as new users arrive: a slice at a time
+        limiter.drop_refilled(now, SWEEP_SLICE)
+        while limiter.holds is not None and limiter.holds.any_refilled(now):
+            await asyncio.sleep(0)
+            limiter.drop_refilled(now, SWEEP_SLICE)
 
     async def expire_idle(self) -> None:
         """Ask the owner to delete buckets of our active partitions that are full and idle.
@@ -520,7 +530,7 @@ class Agents:
                     stale.append(key)
             except crdt.CodecError:
                 pass  # garbage: the agent logs it when it meets it
-            if i % 1000 == 999:
+            if i % SWEEP_SLICE == SWEEP_SLICE - 1:
                 await asyncio.sleep(0)
         producer = self._publisher
         if not stale or producer is None:

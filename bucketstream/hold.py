@@ -120,18 +120,24 @@ class Holds:
         self.held += 1
         return True
 
-    def refilled(self, now: float) -> list[bytes]:
-        """Remove and return the keys whose allowance is full again (oldest first; the sweep
-        stops at the first entry still refilling, which a later sweep finds)."""
+    def refilled(self, now: float, limit: int | None = None) -> list[bytes]:
+        """Remove and return the keys whose allowance is full again, oldest first, at most
+        ``limit`` of them (the sweep stops at the first entry still refilling, which a
+        later sweep finds)."""
         out = []
         entries = self._entries
         for key, entry in entries.items():
-            if entry.full_at > now:
+            if entry.full_at > now or len(out) == limit:
                 break
             out.append(key)
         for key in out:
             del entries[key]
         return out
+
+    def any_refilled(self, now: float) -> bool:
+        """Whether ``refilled(now)`` would return a key."""
+        first = next(iter(self._entries.values()), None)
+        return first is not None and first.full_at <= now
 
     def keys(self) -> list[bytes]:
         return list(self._entries)

@@ -254,8 +254,9 @@ class Limiter:
         self.pending_sends += len(out)
         return out
 
-    def drop_refilled(self, now: float) -> int:
-        """Forget the held-back states whose allowance has refilled (``Holds.refilled``).
+    def drop_refilled(self, now: float, limit: int | None = None) -> int:
+        """Forget the held-back states whose allowance has refilled (``Holds.refilled``), at
+        most ``limit`` keys' worth (``Holds.any_refilled`` says whether some are left).
 
         A key that also waits for Kafka keeps its state: if a flush is in flight, the
         held-back part after it is published (else the state would outlive its entry,
@@ -264,7 +265,7 @@ class Limiter:
         if self.holds is None:
             return 0
         dropped = 0
-        for key in self.holds.refilled(now):
+        for key in self.holds.refilled(now, limit):
             if key in self._dirty:
                 continue
             if key in self._inflight:

@@ -180,7 +180,15 @@ class _ConsumerThread(faust_kafka.AIOKafkaConsumerThread):
             log.warning("Kafka consumer stopped without closing cleanly (broker away?)")
 
 
+#: Messages delivered inline in a row before the event loop gets a turn. Faust's loop
+#: yields every 100 messages; once deliveries no longer yield on their own, 100 of them
+#: (a few milliseconds) would be a stretch every request waits behind.
+INLINE_SLICE = 20
+
+
 class _Consumer(faust_kafka.Consumer):
+    _inline_run = 0
+
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
@@ -195,7 +203,8 @@ class _Consumer(faust_kafka.Consumer):
         blocks (it blocks only while flow is suspended, the producer buffer is over
         its limit or a stream's buffer is full), so it is stepped once here; if it
         finishes, that is the result mode gives when it finishes first. If it
-        suspends, the rest of it races the events exactly as before.
+        suspends, the rest of it races the events exactly as before. Every
+        ``INLINE_SLICE`` inline deliveries the event loop gets a turn.
         """
         first = coros[0] if coros else None
         if (timeout is not None or not inspect.iscoroutine(first) or self.suspend_flow.is_set()
@@ -205,6 +214,10 @@ class _Consumer(faust_kafka.Consumer):
             yielded = first.send(None)
         except StopIteration as done:
             _close(coros[1:])
+            self._inline_run += 1
+            if self._inline_run >= INLINE_SLICE:
+                self._inline_run = 0
+                await asyncio.sleep(0)
             return WaitResults([first], [done.value], False)
         except BaseException:
             _close(coros[1:])

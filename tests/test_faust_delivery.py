@@ -129,3 +129,25 @@ async def test_with_flow_already_suspended_a_delivery_goes_through_mode():
 
     await c.wait_first(deliver(1), c.suspend_flow.wait())
     assert ran_in and ran_in[0] is not caller
+
+
+@in_a_loop
+async def test_deliveries_inline_in_a_row_give_the_event_loop_a_turn_every_slice():
+    """Inline deliveries never yield on their own: without a turn every INLINE_SLICE of them,
+    a fetched batch would be one stretch that every request waits behind."""
+    c = consumer()
+    turns = []
+
+    async def other() -> None:  # a request, a timer: anything else on the loop
+        while True:
+            turns.append(delivered)
+            await asyncio.sleep(0)
+
+    delivered = 0
+    task = asyncio.get_running_loop().create_task(other())
+    await asyncio.sleep(0)
+    turns.clear()
+    for delivered in range(1, 3 * patches.INLINE_SLICE + 1):
+        await c.wait_first(_noop(delivered), c.suspend_flow.wait())
+    task.cancel()
+    assert turns == [patches.INLINE_SLICE, 2 * patches.INLINE_SLICE, 3 * patches.INLINE_SLICE]

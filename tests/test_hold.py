@@ -9,6 +9,8 @@ thinly spread and hot keys stay within the written bound.
 
 from __future__ import annotations
 
+import asyncio
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -83,6 +85,56 @@ def test_a_refilled_entry_forgets_its_state_and_a_stopping_worker_publishes_what
     limiter.decide(b"c", rule, 1010.0)
     assert limiter.release_held(1010.0) == 1
     assert [k for k, _ in limiter.take_dirty(1010.0)] == [b"c"]
+
+
+def test_the_refill_sweep_takes_at_most_its_slice_oldest_first_and_leaves_the_rest_for_the_next():
+    """A second's worth of new users refills at once; the timer takes them a slice at a time
+    (agents.SWEEP_SLICE) and yields in between, so it must leave the rest in order."""
+    limiter = Limiter(7, lambda key: None, holds=Holds(HoldRule()))
+    rule = Rule(100.0, 10.0)
+    keys = [b"u%d" % i for i in range(7)]
+    for i, key in enumerate(keys):
+        limiter.decide(key, rule, 1000.0 + i * 1e-3)
+    now = 1100.0  # every allowance refilled
+    assert limiter.holds.any_refilled(now) and not limiter.holds.any_refilled(1000.0)
+    assert limiter.drop_refilled(now, 3) == 3
+    assert limiter.holds.keys() == keys[3:] and limiter.holds.any_refilled(now)
+    assert limiter.drop_refilled(now, 3) == 3 and limiter.drop_refilled(now, 3) == 1
+    assert not limiter.holds.any_refilled(now) and limiter.own_keys == 0
+
+
+def test_the_refill_timer_hands_the_event_loop_back_between_slices(tmp_path):
+    """The worker's one-second timer (Agents.resend_unconfirmed) on its real app, not started:
+    a sweep of many refilled keys must not be one stretch of the loop."""
+    from bucketstream import agents
+    from bucketstream.app import create_app
+    from bucketstream.settings import Settings
+
+    now = [1000.0]
+    app = create_app(Settings(data_dir=tmp_path, broker="kafka://127.0.0.1:1"), clock=lambda: now[0])
+    limiter = app.bucket_agents.limiter
+    rule = Rule(100.0, 10.0)
+    n = 2 * agents.SWEEP_SLICE + 1
+    for i in range(n):
+        limiter.decide(b"u%d" % i, rule, 1000.0)
+    assert len(limiter.holds) == n
+    now[0] = 1100.0
+    left_at_each_turn = []
+
+    async def sweep_beside_another_task():
+        async def other():
+            while True:
+                left_at_each_turn.append(len(limiter.holds))
+                await asyncio.sleep(0)
+        task = asyncio.get_running_loop().create_task(other())
+        await asyncio.sleep(0)
+        left_at_each_turn.clear()
+        await app.bucket_agents.resend_unconfirmed()
+        task.cancel()
+
+    asyncio.run(sweep_beside_another_task())
+    assert len(limiter.holds) == 0 and limiter.own_keys == 0
+    assert left_at_each_turn == [n - agents.SWEEP_SLICE, n - 2 * agents.SWEEP_SLICE]
 
 
 def test_a_thin_spread_stays_within_five_percent_below_and_ten_above_the_ideal_over_three_workers():
