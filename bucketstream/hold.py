@@ -72,23 +72,18 @@ class HoldRule:
         return self.share > 0 and self.max_keys > 0
 
 
-class _Entry:
-    __slots__ = ("left", "at", "full_at")
-
-    def __init__(self, left: float, at: float, full_at: float) -> None:
-        self.left = left  # allowance left at `at`
-        self.at = at
-        self.full_at = full_at  # when it will have refilled to A
-
-
 class Holds:
     """One worker's allowances, per key. Pure: the caller passes the time and the worker count."""
 
     def __init__(self, rule: HoldRule) -> None:
         self.rule = rule
-        # oldest first: an entry moves to the end when it is spent from again, so the
-        # sweep (``refilled``) stops at the first entry still refilling: O(what it removes)
-        self._entries: dict[bytes, _Entry] = {}
+        # key -> (allowance left at `at`, `at`, when it will have refilled to A). Oldest
+        # first: an entry moves to the end when it is spent from again, so the sweep
+        # (``refilled``) stops at the first entry still refilling: O(what it removes).
+        # Plain tuples of floats, which the garbage collector stops tracking: a worker
+        # holds one per user seen lately, and objects it tracks would make every full
+        # pass (a stall of the whole loop) walk them all.
+        self._entries: dict[bytes, tuple[float, float, float]] = {}
         self.held = 0  # admissions held back, ever (a counter for metrics)
 
     def __len__(self) -> int:
@@ -110,13 +105,14 @@ class Holds:
                 return False
             left = cap
         else:
-            left = min(cap, entry.left + (now - entry.at) * refill) if refill > 0 else entry.left
+            left, at, _ = entry
+            left = min(cap, left + (now - at) * refill) if refill > 0 else left
         if left < cost:
             if entry is not None:
                 entries[key] = entry  # unchanged; at the end: it was just used
             return False
         left -= cost
-        entries[key] = _Entry(left, now, now + (cap - left) / refill)
+        entries[key] = (left, now, now + (cap - left) / refill)
         self.held += 1
         return True
 
@@ -127,7 +123,7 @@ class Holds:
         out = []
         entries = self._entries
         for key, entry in entries.items():
-            if entry.full_at > now or len(out) == limit:
+            if entry[2] > now or len(out) == limit:
                 break
             out.append(key)
         for key in out:
@@ -137,7 +133,7 @@ class Holds:
     def any_refilled(self, now: float) -> bool:
         """Whether ``refilled(now)`` would return a key."""
         first = next(iter(self._entries.values()), None)
-        return first is not None and first.full_at <= now
+        return first is not None and first[2] <= now
 
     def keys(self) -> list[bytes]:
         return list(self._entries)

@@ -10,6 +10,7 @@ thinly spread and hot keys stay within the written bound.
 from __future__ import annotations
 
 import asyncio
+import gc
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -101,6 +102,15 @@ def test_the_refill_sweep_takes_at_most_its_slice_oldest_first_and_leaves_the_re
     assert limiter.holds.keys() == keys[3:] and limiter.holds.any_refilled(now)
     assert limiter.drop_refilled(now, 3) == 3 and limiter.drop_refilled(now, 3) == 1
     assert not limiter.holds.any_refilled(now) and limiter.own_keys == 0
+
+
+def test_an_allowance_entry_is_left_alone_by_the_garbage_collector():
+    """A worker keeps an entry per user seen lately (up to max_keys): if the collector tracked
+    them, every full pass, a stall of the whole event loop, would walk them all."""
+    holds = Holds(HoldRule())
+    assert holds.try_hold(b"k", Rule(100.0, 10.0), 1000.0, 1, 100.0, 3)
+    gc.collect()
+    assert not any(gc.is_tracked(entry) for entry in holds._entries.values())
 
 
 def test_the_refill_timer_hands_the_event_loop_back_between_slices(tmp_path):
