@@ -132,6 +132,8 @@ class Holds:
 
     def any_refilled(self, now: float) -> bool:
         """Whether ``refilled(now)`` would return a key."""
+        # Like ``refilled``, this walks past the slots of entries deleted at the front
+        # since the dict last resized: bounded by its size (``max_keys``), not by time.
         first = next(iter(self._entries.values()), None)
         return first is not None and first[2] <= now
 
