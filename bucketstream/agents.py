@@ -505,10 +505,11 @@ class Agents:
         limiter = self.limiter
         limiter.resend_stale(now)
         # as many keys refill each second as new users arrive: a slice at a time
-        limiter.drop_refilled(now, SWEEP_SLICE)
-        while limiter.holds is not None and limiter.holds.any_refilled(now):
-            await asyncio.sleep(0)
+        while True:
             limiter.drop_refilled(now, SWEEP_SLICE)
+            if limiter.holds is None or not limiter.holds.any_refilled(now):
+                return
+            await asyncio.sleep(0)
 
     async def expire_idle(self) -> None:
         """Ask the owner to delete buckets of our active partitions that are full and idle.

@@ -58,12 +58,6 @@ def broker_session_timeout() -> float:
     return 9.0
 
 
-def port_pairs(n: int) -> list[int]:
-    """n client ports p, each with p+1 free too, below the kernel's ephemeral range
-    (three nodes starting at once connect to each other: see ``free_port``)."""
-    return [free_port_pair() for _ in range(n)]
-
-
 @dataclass
 class ClusterNode(Broker):
     """One node of the cluster. ``start``/``stop`` go through cluster.sh (start-node N),
@@ -102,7 +96,7 @@ class KafkaCluster:
     @classmethod
     def create(cls, n: int = NODES) -> "KafkaCluster":
         root = Path(tempfile.mkdtemp(prefix="bucketstream-kafka-cluster-"))
-        ports = port_pairs(n)
+        ports = [free_port_pair() for _ in range(n)]  # client and controller listener of each node
         voters = ",".join(f"{i + 1}@127.0.0.1:{p + 1}" for i, p in enumerate(ports))
         nodes = [ClusterNode(port=p, state_dir=root / f"node-{i + 1}", node_id=i + 1, controller_port=p + 1,
                              voters=voters, replication=min(3, n)) for i, p in enumerate(ports)]
