@@ -124,8 +124,8 @@ def test_a_worker_frozen_for_15s_catches_up_and_agrees_within_1s(pool):
 def test_workers_scaled_2_to_4_to_2_under_load(pool, kafka_cluster):
     """Two workers, two more join, the two new ones leave again, while a hot key is
     hammered at 10x its rate: every rebalance settles, every live ready worker
-    answers every request, the bound (N = 4) holds over the whole run, and the table
-    (its changelog in Kafka) counts every 200."""
+    answers every request, the joined workers admit from the shared bucket, the bound
+    (N = 4) holds over the whole run, and the table (its changelog in Kafka) counts every 200."""
     first = pool.start(2, capacity=C, rate=R)
     key = "scaled"
     steps: dict[str, float] = {}
@@ -156,7 +156,11 @@ def test_workers_scaled_2_to_4_to_2_under_load(pool, kafka_cluster):
     d = stated_delay(flush_interval_of(pool))  # workers joining and leaving: no fault of Kafka's
     report("scale 2->4->2", load, 4, d, **steps, by_worker=result.by_worker, measured_p99_ms=round(d_seen * 1000))
     assert not load.failures, f"non-200/429 answers (seconds, port, status): {load.failures}"
-    assert all(result.by_worker.get(w.port, 0) > 0 for w in first + added), result.by_worker
+    assert all(load.sent_to.get(w.port, 0) > 0 for w in first + added), load.sent_to
+    # not "each worker admits": the load is paced at exactly 10 requests per token over
+    # 4 workers in turn, so the token falls to the same two positions (10 mod 4 = 2)
+    # and which worker admits is an artefact of the phase; one added worker is always among them
+    assert sum(result.by_worker.get(w.port, 0) for w in added) > 0, result.by_worker
     check_bound(result, 4, d)
     table_key = bucket_key(first[0], key)
     wait_until(lambda: table_consumed(kafka_cluster, pool.app_id, table_key) == result.admitted, 30, 0.2,
