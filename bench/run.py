@@ -460,12 +460,14 @@ class Bench:
             rate = ok / 2 if ok else (failed or self.cfg.fractions[0] * base) / 4
             # a run starved by other jobs on the machine (0 req/s) must not leave no load at all
             rate = max(rate, 50.0)
+            # on this worker, with the default settings the ratio above is measured with: the
+            # memory worker below publishes every admission, which a default worker does not
+            if self.cfg.profile:
+                self.profile_worker(w, rate)
             # always a fresh worker that publishes every admission: memory per bucket in the table
             stack.close()
             app_id, w = stack.enter_context(self.fresh_worker("memory", hold_share=0))
             self.phase_memory(w, rate)
-            if self.cfg.profile:
-                self.profile_worker(w, rate)
 
     def paired_max(self, w, k: dict) -> None:
         """Unique users' max load, each run right after a hot user's on the same worker: the ratio
@@ -608,8 +610,8 @@ class Bench:
         log(f"  memory: +{added:,} keys: RSS +{m['rss_per_key']:.0f} B/key, RocksDB dir +{m['disk_per_key']:.0f} B/key")
 
     def profile_worker(self, w, rate: float) -> None:
-        """Profiles: hot user at max load; unique users at a load the worker keeps up with (Kafka's
-        share per request), then at max load (last: it leaves a backlog behind)."""
+        """Profiles of a worker with default settings: hot user at max load; unique users at a load
+        the worker keeps up with, then at max load."""
         log("  profiles (py-spy)")
         self.profile_run(w.proc.pid, w.port, "bucketstream", "hot", "(2) bucketstream worker, hot user, max load")
         self.profile_run(w.proc.pid, w.port, "bucketstream", "unique",
