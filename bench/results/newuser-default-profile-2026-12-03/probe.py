@@ -7,7 +7,8 @@ runs at max load. After each run: req/s, update records written, the worker's CP
 and its main thread's user and system time), wrk's CPU per request, the garbage collector's time per request
 (``bucketstream_gc_pause_seconds``) and the cached keys. Scenarios: the bench's ``hot`` and ``unique``, and
 ``hotbusy``: one hot user, with wrk also building a new user's request each time and sending the hot one
-(is it wrk's extra work for new users that slows the worker?). MODE:
+(is it wrk's extra work for new users that slows the worker?). A scenario ending in ``-forget`` runs with the file
+``$EXP_FORGET`` present (``timing/sitecustomize.py``). MODE:
 - ``spy`` (default): hot, new users, then both under py-spy (``OUT/profile-*.txt``), then both once more;
 - ``perf``: hot, new users, then both under ``perf record -g`` (``OUT/perf-*.data``; ``raw/sym-*.txt`` are
   ``perf report --no-children -g none --sort sym`` of them; perf_event_paranoid <= 2 as the same user);
@@ -20,7 +21,8 @@ The phase's own profiles ran on the memory worker until 2026-12-03, which publis
 Records here: ``probe-12-21.txt`` (spy), ``perfprobe-12-24.txt`` (perf) and ``cold-13-03.txt`` (cold) were
 printed by earlier versions of this script with the same runs, which printed less (no main-thread or wrk CPU);
 ``busy-13-15.txt`` is ``plain steps=hot,hotbusy,unique,hot,hotbusy,unique,hot,hotbusy,unique`` and
-``cache2000-13-18.txt`` is ``plain steps=hot,unique,hot,unique,hot,unique cache_keys=2000``.
+``cache2000-13-18.txt`` is ``plain steps=hot,unique,hot,unique,hot,unique cache_keys=2000``; ``timing/`` holds
+the experiments inside the worker (its ``sitecustomize.py`` says how to run them) and what they printed.
 """
 import os
 import re
@@ -96,11 +98,17 @@ try:
                     spy = sampler(w.proc.pid, scenario, i)
                     pin(spy.pid, b.gen_cpus)
                     time.sleep(0.5)
+                forget = scenario.endswith("-forget")
+                if forget:
+                    Path(os.environ["EXP_FORGET"]).touch()
+                    time.sleep(0.5)
                 before, g0, c0, k0 = b.kafka_totals(app_id)["updates"], gc_seconds(w), cpu(w.proc.pid), children()
-                r = b.wrk(w.port, "bucketstream", scenario, record=False, prefix=b.prefix(f"r{i}"), seed=i)
+                r = b.wrk(w.port, "bucketstream", scenario.removesuffix("-forget"), record=False, prefix=b.prefix(f"r{i}"), seed=i)
                 g1, c1, k1 = gc_seconds(w), cpu(w.proc.pid), children()
                 if spy:
                     spy.wait(60)
+                if forget:
+                    os.unlink(os.environ["EXP_FORGET"])
                 time.sleep(1)
                 n = max(1, r.requests)
                 us = [(c1[j] - c0[j]) / n * 1e6 for j in range(3)]
