@@ -500,14 +500,22 @@ class Agents:
     # -- timers -------------------------------------------------------------------------------
     async def resend_unconfirmed(self) -> None:
         """The safety net: send again what Kafka acknowledged but never showed (see Limiter.resend_stale);
-        and forget held-back states whose allowance refilled (Limiter.drop_refilled)."""
+        publish deferred states whose wait is over (Limiter.publish_due); and forget held-back
+        states whose allowance refilled (Limiter.drop_refilled)."""
         now = self.worker.clock()
         limiter = self.limiter
         limiter.resend_stale(now)
-        # as many keys refill each second as new users arrive: a slice at a time
+        if limiter.holds is None:
+            return
+        # as many keys come due or refill each second as users arrived a while before: a slice at a time
+        while True:
+            limiter.publish_due(now, SWEEP_SLICE)
+            if not limiter.holds.any_due(now):
+                break
+            await asyncio.sleep(0)
         while True:
             limiter.drop_refilled(now, SWEEP_SLICE)
-            if limiter.holds is None or not limiter.holds.any_refilled(now):
+            if not limiter.holds.any_refilled(now):
                 return
             await asyncio.sleep(0)
 

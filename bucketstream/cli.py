@@ -88,6 +88,8 @@ def main() -> None:
 @_option("hold_burst", "--hold-burst", type=float, metavar="SHARE")
 @_option("hold_floor", "--hold-floor", type=float, metavar="SHARE")
 @_option("hold_keys", "--hold-keys", type=int, metavar="N")
+@_option("hold_defer", "--hold-defer", type=float, metavar="SHARE")
+@_option("hold_defer_seconds", "--hold-defer-seconds", type=float, metavar="SECONDS")
 @_option("web_host", "--web-host", metavar="ADDR")
 @_option("grpc_port", "--grpc-port", type=int)
 @_option("rls_domain", "--rls-domain", metavar="DOMAIN")

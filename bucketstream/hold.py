@@ -33,6 +33,17 @@ Entries live until their allowance has refilled to ``A``; then the key's own
 state is dropped unless something of it is still to be published (the worker
 forgets what it held back: covered by the bound). Memory is at most
 ``max_keys`` entries: a new key beyond that is published, never held.
+
+**Deferring.** Once the allowance is spent, an admission that is still far from
+the limit need not go out at the next flush either: the worker may *defer* the
+key, publishing it later, when its deferred admissions would pass
+``L = defer · C`` tokens or after ``defer_for`` seconds, whichever comes first
+(or at once when the view falls below the floor). Deferred tokens are late, not
+forgotten, so they cost the bound a constant, ``(N − 1)·L``, and no rate. A user
+well below its limit but above the allowance's refill (the common case of real,
+skewed traffic: a user at a fifth of its rate) then costs one record per ``L``
+tokens or per ``defer_for`` seconds instead of one per admission. A ``kill -9``
+loses them: at most ``L`` per key besides what was held back.
 """
 
 from __future__ import annotations
@@ -52,20 +63,28 @@ class HoldRule:
     share: float = 0.05  # of each rule's rate the cluster may lose to held-back tokens
     burst: float = 0.05  # of each rule's capacity one worker may hold back at once (at least one token)
     floor: float = 0.5  # hold only while the worker's view keeps this share of the capacity
-    max_keys: int = 100_000  # entries kept at most
+    max_keys: int = 100_000  # allowance entries kept at most, and as many deferred keys
+    defer: float = 0.1  # of each rule's capacity one worker may publish late on one key (0: never defer)
+    defer_for: float = 10.0  # seconds a deferred admission waits at most
 
     def __post_init__(self) -> None:
-        for name in ("share", "burst", "floor"):
+        for name in ("share", "burst", "floor", "defer"):
             value = getattr(self, name)
             if not (math.isfinite(value) and 0 <= value <= 1):
                 raise ValueError(f"hold {name} must be between 0 and 1, got {value!r}")
         if self.max_keys < 0:
             raise ValueError(f"hold max_keys must be >= 0, got {self.max_keys!r}")
+        if not (math.isfinite(self.defer_for) and self.defer_for >= 0):
+            raise ValueError(f"hold defer_for must be a number of seconds >= 0, got {self.defer_for!r}")
 
     def allowance(self, rule: Rule, workers: int) -> tuple[float, float]:
         """``(A, ρ)`` for ``rule`` among ``workers`` workers: the most one worker holds back at
         once, in tokens, and how fast that allowance refills, in tokens per second."""
         return max(1.0, self.burst * rule.capacity), self.share * rule.rate / max(1, workers)
+
+    def deferrable(self, rule: Rule) -> float:
+        """``L``: the most one worker leaves unpublished on a key once its allowance is spent."""
+        return self.defer * rule.capacity if self.defer_for > 0 else 0.0
 
     @property
     def enabled(self) -> bool:
@@ -85,6 +104,11 @@ class Holds:
         # pass (a stall of the whole loop) walk them all.
         self._entries: dict[bytes, tuple[float, float, float]] = {}
         self.held = 0  # admissions held back, ever (a counter for metrics)
+        # key -> (when it must be published at the latest, tokens deferred). Oldest first:
+        # every entry waits the same ``defer_for``, so the sweep (``due``) stops at the first
+        # entry not yet due. Plain tuples of floats, as above.
+        self._deferred: dict[bytes, tuple[float, float]] = {}
+        self.deferred = 0  # admissions deferred, ever (a counter for metrics)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -116,6 +140,56 @@ class Holds:
         self.held += 1
         return True
 
+    def try_defer(self, key: bytes, rule: Rule, now: float, cost: int, remaining: float) -> bool:
+        """Whether an admission of ``cost`` on ``key`` (which the allowance could not hold),
+        leaving ``remaining`` tokens in this worker's view, may wait to be published; if not,
+        the key is published now with everything deferred on it so far (``published``)."""
+        if remaining < self.rule.floor * rule.capacity:
+            self._deferred.pop(key, None)
+            return False
+        deferred = self._deferred
+        entry = deferred.get(key)
+        if entry is None:
+            if len(deferred) >= self.rule.max_keys or cost > self.rule.deferrable(rule):
+                return False
+            deferred[key] = (now + self.rule.defer_for, float(cost))
+        else:
+            due, tokens = entry
+            if tokens + cost > self.rule.deferrable(rule):
+                del deferred[key]
+                return False
+            deferred[key] = (due, tokens + cost)
+        self.deferred += 1
+        return True
+
+    def published(self, key: bytes) -> None:
+        """``key``'s whole state is going out: what was deferred on it goes with it."""
+        self._deferred.pop(key, None)
+
+    def is_deferred(self, key: bytes) -> bool:
+        return key in self._deferred
+
+    def deferred_keys(self) -> int:
+        return len(self._deferred)
+
+    def due(self, now: float, limit: int | None = None) -> list[bytes]:
+        """Remove and return the deferred keys whose wait is over, oldest first, at most
+        ``limit`` of them."""
+        out = []
+        deferred = self._deferred
+        for key, (at, _) in deferred.items():
+            if at > now or len(out) == limit:
+                break
+            out.append(key)
+        for key in out:
+            del deferred[key]
+        return out
+
+    def any_due(self, now: float) -> bool:
+        """Whether ``due(now)`` would return a key (bounded by its size, as ``any_refilled``)."""
+        first = next(iter(self._deferred.values()), None)
+        return first is not None and first[0] <= now
+
     def refilled(self, now: float, limit: int | None = None) -> list[bytes]:
         """Remove and return the keys whose allowance is full again, oldest first, at most
         ``limit`` of them (the sweep stops at the first entry still refilling, which a
@@ -138,7 +212,10 @@ class Holds:
         return first is not None and first[2] <= now
 
     def keys(self) -> list[bytes]:
-        return list(self._entries)
+        """The keys held back or deferred on (a stopping worker publishes them all)."""
+        entries = self._entries
+        return list(entries) + [key for key in self._deferred if key not in entries]
 
     def clear(self) -> None:
         self._entries.clear()
+        self._deferred.clear()

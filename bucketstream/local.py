@@ -8,8 +8,8 @@ Own states: after an admission the worker keeps the whole new state of the key
 (``join(replica, own)`` plus its consumption) until the table replica shows it
 (``own ≤ replica``). A timer flushes each touched key once per interval as a
 whole lattice state, never as a bare counter; an admission far from the limit
-may instead stay unpublished, within an allowance per key (``holds``,
-:mod:`bucketstream.hold`). What this worker knows of other
+may instead stay unpublished, within an allowance per key, or past it be
+published late (``holds``, :mod:`bucketstream.hold`). What this worker knows of other
 workers arrives two ways, both joined into the decoded cache:
 
 * :meth:`Limiter.on_peer_state`: every worker reads the whole update topic
@@ -147,11 +147,18 @@ class Limiter:
         decision, new = try_consume(view, rule, self.slot, now, cost)
         if decision.allowed:
             self._own[key] = new
-            if key not in self._dirty:
-                holds = self.holds
-                if holds is None or not holds.try_hold(key, rule, now, cost, decision.remaining, self.live_workers):
-                    self._dirty[key] = now
+            if key not in self._dirty and not self._keeps(key, rule, now, cost, decision.remaining, capped):
+                self._dirty[key] = now
         return decision
+
+    def _keeps(self, key: bytes, rule: Rule, now: float, cost: int, remaining: float, capped: bool) -> bool:
+        """Whether an admission on a key not already due for the next flush may stay off it:
+        held back within the allowance, or else deferred (bucketstream.hold). Not deferred
+        under the burst cap, which counts deferred tokens as unconfirmed."""
+        holds = self.holds
+        return holds is not None and (
+            holds.try_hold(key, rule, now, cost, remaining, self.live_workers)
+            or (not capped and holds.try_defer(key, rule, now, cost, remaining)))
 
     def decide_all(self, keys: Sequence[bytes], rules: Sequence[Rule], now: float, cost: int = 1,
                    capped: bool = False, shadow: Sequence[bool] = ()) -> tuple[int, list[Decision]]:
@@ -186,13 +193,12 @@ class Limiter:
             if not decision.allowed and refused < 0 and not (shadow and shadow[i]):
                 refused = i
         if refused < 0:
-            holds = self.holds
             for i, (key, new) in enumerate(zip(keys, news)):
                 if new is not None:
                     self._own[key] = new
                     # each limit is its own bucket, with its own allowance (bucketstream.hold)
-                    if key not in self._dirty and (holds is None or not holds.try_hold(
-                            key, rules[i], now, cost, decisions[i].remaining, self.live_workers)):
+                    if key not in self._dirty and not self._keeps(key, rules[i], now, cost, decisions[i].remaining,
+                                                                  capped):
                         self._dirty[key] = now
         return refused, decisions
 
@@ -244,10 +250,13 @@ class Limiter:
     def take_dirty(self, now: float = 0.0) -> list[tuple[bytes, bytes]]:
         """The (key, encoded whole state) pairs to publish now: one per touched key."""
         out = []
+        holds = self.holds
         for key, first in self._dirty.items():
             own = self._own.get(key)
             if own is None:
                 continue
+            if holds is not None:
+                holds.published(key)
             out.append((key, encode(own)))
             self._inflight.setdefault(key, deque()).append(Flushed(slot_count(own, self.slot), first, now or first))
         self._dirty.clear()
@@ -265,14 +274,28 @@ class Limiter:
         if self.holds is None:
             return 0
         dropped = 0
+        deferred = self.holds.is_deferred
         for key in self.holds.refilled(now, limit):
-            if key in self._dirty:
+            if key in self._dirty or deferred(key):  # a deferred state is published, never dropped
                 continue
             if key in self._inflight:
                 self._dirty[key] = now
             elif self._own.pop(key, None) is not None:
                 dropped += 1
         return dropped
+
+    def publish_due(self, now: float, limit: int | None = None) -> int:
+        """Mark for the next flush the deferred keys whose wait is over (``Holds.due``), at
+        most ``limit`` of them (``Holds.any_due`` says whether some are left); returns how
+        many were marked."""
+        if self.holds is None:
+            return 0
+        n = 0
+        for key in self.holds.due(now, limit):
+            if key in self._own and key not in self._dirty:
+                self._dirty[key] = now
+                n += 1
+        return n
 
     def release_held(self, now: float) -> int:
         """Publish every held-back state with the next flush (a worker stopping cleanly keeps
@@ -371,6 +394,10 @@ class Limiter:
                 del self._inflight[key]
         own = self._own.get(key)
         if own is not None and key not in self._dirty and key not in self._inflight:
+            if deleted and self.holds is not None and self.holds.is_deferred(key):
+                # the table forgot a bucket idle there, but this worker admitted on it since
+                # and owes those tokens to the others: published when due, not forgotten
+                return
             if deleted or leq(own, state):
                 # Kafka has everything we admitted (our own delta came back on
                 # the update topic, or the table shows it), or the owner deleted
@@ -409,6 +436,10 @@ class Limiter:
     @property
     def held_keys(self) -> int:
         return len(self.holds) if self.holds is not None else 0
+
+    @property
+    def deferred_keys(self) -> int:
+        return self.holds.deferred_keys() if self.holds is not None else 0
 
     @property
     def unsettled(self) -> bool:

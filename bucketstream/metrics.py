@@ -74,9 +74,13 @@ RLS_NOT_DECIDED = Counter("bucketstream_rls_not_decided",
                           "another domain, answered OK with no limit as Envoy's ratelimit does; "
                           "invalid_argument; unavailable: not ready or stopping)", ["reason"], registry=REGISTRY)
 KEYS = Gauge("bucketstream_keys", "Keys held, by kind (own_unreflected: own states waiting for Kafka, cached: "
-             "decoded replica states, held: keys with admissions kept unpublished)", ["kind"], registry=REGISTRY)
+             "decoded replica states, held: keys with admissions kept unpublished, deferred: keys whose admissions are "
+             "published late)", ["kind"], registry=REGISTRY)
 HELD = Gauge("bucketstream_admissions_held", "Admissions this worker kept to itself since it started, far from "
              "their limit (bucketstream.hold; a counter, exposed as a gauge read at scrape time)", registry=REGISTRY)
+DEFERRED = Gauge("bucketstream_admissions_deferred", "Admissions this worker published late since it started, far "
+                 "from their limit once their allowance was spent (bucketstream.hold; a counter, exposed as a gauge "
+                 "read at scrape time)", registry=REGISTRY)
 READY = Gauge("bucketstream_ready", "1 once the table replicas are recovered and the worker decides", registry=REGISTRY)
 
 

@@ -487,6 +487,7 @@ def bucket_view(worker: Worker, table: faust.Table, app: faust.App, user: str, r
             "own_unreflected": own is not None and not crdt.leq(own, replica),
             # kept to this worker (bucketstream.hold), not published unless the key comes near its limit
             "held": limiter.holds is not None and k in limiter.holds,
+            "deferred": limiter.holds is not None and limiter.holds.is_deferred(k),
             "partition": partition,
             "role": "active" if owner else "standby",
             "slot": worker.slot,
@@ -608,6 +609,7 @@ def register(app: faust.App, worker: Worker, table: faust.Table) -> None:
                     "own_unreflected_keys": limiter.waiting_keys,
                     "held_keys": limiter.held_keys,
                     "held_admissions": limiter.holds.held if limiter.holds is not None else 0,
+                    "deferred_admissions": limiter.holds.deferred if limiter.holds is not None else 0,
                     "pending_sends": limiter.pending_sends,
                     "live_workers": limiter.live_workers,
                     "burst_cap": {"enabled": worker.burst_cap,

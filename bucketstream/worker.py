@@ -40,7 +40,8 @@ class Worker:
                                max_unconfirmed=settings.max_unconfirmed_keys,
                                on_delay=metrics.REPLICATION_DELAY.observe, on_learned=self._carry_forward,
                                holds=Holds(HoldRule(settings.hold_share, settings.hold_burst, settings.hold_floor,
-                                                    settings.hold_keys)))
+                                                    settings.hold_keys, settings.hold_defer,
+                                                    settings.hold_defer_seconds)))
         self.bulk_recovery = BulkStats()
         #: The table's stored value of a key (tables.register sets it).
         self.read_stored: Callable[[bytes], bytes | None] = lambda key: None
@@ -54,7 +55,9 @@ class Worker:
         metrics.KEYS.labels("own_unreflected").set_function(lambda: self.limiter.waiting_keys)
         metrics.KEYS.labels("cached").set_function(lambda: self.limiter.cached_keys)
         metrics.KEYS.labels("held").set_function(lambda: self.limiter.held_keys)
+        metrics.KEYS.labels("deferred").set_function(lambda: self.limiter.deferred_keys)
         metrics.HELD.set_function(lambda: self.limiter.holds.held if self.limiter.holds else 0)
+        metrics.DEFERRED.set_function(lambda: self.limiter.holds.deferred if self.limiter.holds else 0)
 
     # -- keys and expiry ---------------------------------------------------------------------
     def partition_for(self, key: bytes) -> int:

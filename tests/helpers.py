@@ -157,15 +157,16 @@ def measured_delay(workers: list) -> tuple[float, float]:
     return p50, p99
 
 
-#: The workers' default publishing rule: what each may keep to itself.
-HOLD_SHARE, HOLD_BURST = HoldRule().share, HoldRule().burst
+#: The workers' default publishing rule: what each may keep to itself, and publish late.
+HOLD_SHARE, HOLD_BURST, HOLD_DEFER = HoldRule().share, HoldRule().burst, HoldRule().defer
 
 
 def bound(t: float, n: int, d: float) -> float:
     """docs/design.md sections 2 and 2a, for workers with the default publishing rule:
-    admitted(0, t] <= C + R*t + (N-1)*(C + R*d) + N*A + share*R*t, A = max(1, burst*C)."""
+    admitted(0, t] <= C + R*t + (N-1)*(C + R*d + L) + N*A + share*R*t,
+    A = max(1, burst*C), L = defer*C."""
     held = n * max(1.0, HOLD_BURST * C) + HOLD_SHARE * R * t
-    return C + R * t + (n - 1) * (C + R * d) + held
+    return C + R * t + (n - 1) * (C + R * d + HOLD_DEFER * C) + held
 
 
 def check_upper_bound(result: LoadResult, n: int, d: float) -> None:

@@ -1,10 +1,11 @@
 """The publishing rule (bucketstream.hold): what a worker keeps to itself is bounded per unit of time.
 
 Claims, from docs/design.md "Holding back": per key and worker, the admissions
-held back in any window of ``T`` seconds cost at most ``A + ρ·T`` tokens;
-nothing is held below the floor; on real Limiters against the ideal
-serialized bucket, keys far from their limit publish (almost) nothing, while
-thinly spread and hot keys stay within the written bound.
+held back in any window of ``T`` seconds cost at most ``A + ρ·T`` tokens, and
+those deferred at any moment at most ``L``; nothing is held or deferred below
+the floor; on real Limiters against the ideal serialized bucket, keys far from
+their limit publish (almost) nothing, while thinly spread and hot keys stay
+within the written bound.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import gc
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bucketstream.crdt import Rule
+from bucketstream.crdt import Rule, decode
 from bucketstream.hold import HoldRule, Holds
 from bucketstream.local import Limiter
 from bucketstream.simulation import run_workers, simulate_workers
@@ -63,16 +64,96 @@ def test_the_entries_are_bounded():
     assert len(holds) == 3
 
 
+@given(calls, st.floats(0, 1), st.integers(1, 100))
+def test_what_one_worker_defers_on_a_key_is_never_more_than_L_tokens(seq, defer, c):
+    rule = Rule(float(c), 1.0)
+    holds = Holds(HoldRule(defer=defer, floor=0.0))
+    now, deferred = 1000.0, 0
+    for dt, cost, left in seq:
+        now += dt
+        if holds.try_defer(b"k", rule, now, cost, left * c):
+            deferred += cost
+            assert deferred <= defer * c + 1e-9, (deferred, defer, c)
+        else:
+            deferred = 0  # published now, with everything deferred before
+        if dt > 4:  # the flusher published it meanwhile
+            holds.published(b"k")
+            deferred = 0
+
+
+@given(st.floats(0, 0.999), st.integers(1, 1000))
+def test_nothing_is_deferred_below_the_floor(left, c):
+    holds = Holds(HoldRule(floor=0.5, defer=1.0))
+    assert not holds.try_defer(b"k", Rule(float(c), 1.0), 0.0, 1, left * 0.5 * c)
+
+
 def test_a_held_key_is_published_once_its_allowance_is_spent_with_everything_held_before():
-    limiter = Limiter(7, lambda key: None, holds=Holds(HoldRule(burst=0.05)))  # A = 5 tokens at C = 100
+    limiter = Limiter(7, lambda key: None, holds=Holds(HoldRule(burst=0.05, defer=0.0)))  # A = 5 tokens at C = 100
     rule = Rule(100.0, 10.0)
     for i in range(5):
         limiter.decide(b"k", rule, 1000.0 + i * 1e-3)
     assert limiter.take_dirty(1000.01) == []
     limiter.decide(b"k", rule, 1000.02)
     ((key, raw),) = limiter.take_dirty(1000.03)
-    from bucketstream.crdt import decode
     assert decode(raw).counters == {7: 6}
+
+
+def test_once_its_allowance_is_spent_a_key_is_published_late_and_past_L_tokens_with_everything():
+    limiter = Limiter(7, lambda key: None, holds=Holds(HoldRule()))  # C = 100: A = 5, L = 10 tokens
+    rule = Rule(100.0, 10.0)
+    for i in range(15):  # 5 held back, then 10 deferred
+        limiter.decide(b"k", rule, 1000.0 + i * 1e-3)
+    assert limiter.take_dirty(1000.1) == [] and limiter.holds.is_deferred(b"k")
+    limiter.decide(b"k", rule, 1000.2)  # the 11th deferred token would pass L
+    ((key, raw),) = limiter.take_dirty(1000.3)
+    assert decode(raw).counters == {7: 16} and not limiter.holds.is_deferred(b"k")
+
+
+def test_a_deferred_key_is_published_after_defer_for_seconds_at_the_latest():
+    limiter = Limiter(7, lambda key: None, holds=Holds(HoldRule(defer_for=10.0)))
+    rule = Rule(100.0, 10.0)
+    for i in range(6):  # 5 held back, the sixth deferred
+        limiter.decide(b"k", rule, 1000.0)
+    assert limiter.publish_due(1009.9) == 0 and limiter.take_dirty(1009.9) == []
+    assert limiter.publish_due(1010.1) == 1
+    ((key, raw),) = limiter.take_dirty(1010.1)
+    assert decode(raw).counters == {7: 6}
+
+
+def test_a_deferred_state_outlives_its_allowance_entry_until_it_is_published():
+    """The allowance refills long before the deferral is due: the state must not be dropped
+    with the entry (its deferred tokens are to be published, not forgotten)."""
+    limiter = Limiter(7, lambda key: None, holds=Holds(HoldRule(defer_for=100.0)))
+    limiter.live_workers = 3
+    rule = Rule(100.0, 10.0)  # the allowance of 5 refills in 30 s
+    for _ in range(6):
+        limiter.decide(b"k", rule, 1000.0)
+    assert limiter.drop_refilled(1031.0) == 0 and limiter.own_state(b"k") is not None
+    assert limiter.publish_due(1100.1) == 1
+    assert decode(limiter.take_dirty(1100.1)[0][1]).counters == {7: 6}
+
+
+def test_a_deferred_state_survives_the_table_deleting_its_idle_bucket():
+    """The owner deletes a bucket that was full and idle in the table; deferred tokens were never
+    in the table, and dropping them with it would forget up to L per key at every expiry."""
+    limiter = Limiter(7, lambda key: None, holds=Holds(HoldRule()))
+    rule = Rule(100.0, 10.0)
+    for _ in range(6):  # 5 held back, the sixth deferred
+        limiter.decide(b"k", rule, 1000.0)
+    limiter.decide(b"h", rule, 1000.0)  # held back only
+    limiter.on_replica_changed(b"k", None, 1001.0)
+    limiter.on_replica_changed(b"h", None, 1001.0)
+    assert limiter.own_state(b"k") is not None and limiter.own_state(b"h") is None
+    assert limiter.publish_due(1010.1) == 1
+    assert decode(limiter.take_dirty(1010.1)[0][1]).counters == {7: 6}
+
+
+def test_under_the_burst_cap_nothing_is_deferred():
+    limiter = Limiter(7, lambda key: None, holds=Holds(HoldRule()))
+    rule = Rule(100.0, 10.0)
+    for _ in range(6):  # 5 held back, the sixth published: the cap counts deferred tokens as unconfirmed
+        limiter.decide(b"k", rule, 1000.0, capped=True)
+    assert [k for k, _ in limiter.take_dirty(1000.1)] == [b"k"]
 
 
 def test_a_refilled_entry_forgets_its_state_and_a_stopping_worker_publishes_what_it_holds():
@@ -84,8 +165,11 @@ def test_a_refilled_entry_forgets_its_state_and_a_stopping_worker_publishes_what
     assert limiter.own_keys == 2 and limiter.drop_refilled(1005.9) == 0
     assert limiter.drop_refilled(1006.1) == 2 and limiter.own_keys == 0
     limiter.decide(b"c", rule, 1010.0)
-    assert limiter.release_held(1010.0) == 1
-    assert [k for k, _ in limiter.take_dirty(1010.0)] == [b"c"]
+    for _ in range(6):  # 5 held back, 1 deferred
+        limiter.decide(b"d", rule, 1010.0)
+    assert limiter.release_held(1010.0) == 2
+    assert sorted(k for k, _ in limiter.take_dirty(1010.0)) == [b"c", b"d"]
+    assert limiter.deferred_keys == 0
 
 
 def test_the_refill_sweep_takes_at_most_its_slice_oldest_first_and_leaves_the_rest_for_the_next():
@@ -109,8 +193,10 @@ def test_an_allowance_entry_is_left_alone_by_the_garbage_collector():
     them, every full pass, a stall of the whole event loop, would walk them all."""
     holds = Holds(HoldRule())
     assert holds.try_hold(b"k", Rule(100.0, 10.0), 1000.0, 1, 100.0, 3)
+    assert holds.try_defer(b"d", Rule(100.0, 10.0), 1000.0, 1, 100.0)
     gc.collect()
     assert not any(gc.is_tracked(entry) for entry in holds._entries.values())
+    assert not any(gc.is_tracked(entry) for entry in holds._deferred.values())
 
 
 def test_the_refill_timer_hands_the_event_loop_back_between_slices(tmp_path):
@@ -166,6 +252,16 @@ def test_users_far_below_their_limits_publish_almost_nothing():
     assert r.records_per_request <= 0.005, r
 
 
+def test_skewed_traffic_publishes_a_third_of_the_records_it_would_without_deferring_and_stays_as_accurate():
+    """Users between the allowance's refill and their rate publish once per L tokens or per
+    defer_for seconds instead of once per admission (Zipf over 10,000 users, 300 req/s)."""
+    deferring = simulate_workers("skewed mix", 3)
+    not_deferring = simulate_workers("skewed mix", 3, HoldRule(defer=0.0))
+    assert deferring.records_per_request <= not_deferring.records_per_request / 2.5, (deferring, not_deferring)
+    assert deferring.max_excess_over_bound <= 0, deferring
+    assert abs(deferring.ratio - 1.0) <= 0.01, deferring
+
+
 def test_a_hot_key_and_a_burst_replicate_as_without_holding():
     for scenario in ("hot key", "burst"):
         held = simulate_workers(scenario, 3)
@@ -178,7 +274,8 @@ requests = st.lists(st.tuples(st.floats(0, 20), st.integers(0, 2), st.integers(0
 
 
 @given(requests, st.sampled_from([1.0, 5.0, 20.0, 100.0]), st.sampled_from([0.5, 1.0, 10.0]),
-       st.floats(0.01, 1), st.floats(0, 0.5), st.floats(0, 1))
-def test_any_traffic_stays_within_the_written_bound(reqs, c, r, share, burst, floor):
-    result = run_workers("random", reqs, c, r, 3, HoldRule(share=share, burst=burst, floor=floor), 0.02, 0.01)
+       st.floats(0.01, 1), st.floats(0, 0.5), st.floats(0, 1), st.floats(0, 0.5), st.sampled_from([0.5, 10.0]))
+def test_any_traffic_stays_within_the_written_bound(reqs, c, r, share, burst, floor, defer, defer_for):
+    rule = HoldRule(share=share, burst=burst, floor=floor, defer=defer, defer_for=defer_for)
+    result = run_workers("random", reqs, c, r, 3, rule, 0.02, 0.01)
     assert result.max_excess_over_bound <= 1e-9, result

@@ -2,9 +2,10 @@
 
 docs/design.md section 2a: a worker keeps an admission far from the limit to
 itself within an allowance of ``A = max(1, 0.05·C)`` tokens per key that
-refills at ``0.05·R/N`` per second. A ``kill -9`` loses what the worker held
-back, never more than that allowance (plus its refill) per key; and a user
-spread thinly over the workers, the rule's trap, still gets about the ideal.
+refills at ``0.05·R/N`` per second, and past it publishes up to ``L = 0.1·C``
+tokens late. A ``kill -9`` loses what the worker held back or deferred, never
+more than ``A`` (plus its refill) and ``L`` per key; and a user spread thinly
+over the workers, the rule's trap, still gets about the ideal.
 """
 
 from __future__ import annotations
@@ -21,24 +22,37 @@ from tests.helpers import read_topic
 pytestmark = pytest.mark.broker
 
 
-def test_a_kill_9_loses_what_the_worker_held_back_and_never_more_than_its_allowance(pool):
-    workers = pool.start(2, capacity=100, rate=1)  # A = 5 tokens, refilling at 0.025 per second
+def test_a_kill_9_loses_what_the_worker_held_back_or_deferred_and_never_more_than_A_and_L(pool):
+    # A = 5 tokens, refilling at 0.025 per second; L = 10 tokens, published within 60 s
+    workers = pool.start(2, capacity=100, rate=1, hold_defer_seconds=60)
     w0, w1 = workers
-    for _ in range(6):  # the sixth spends more than the allowance: the key is published, all six
-        assert w0.protected("six")[0] == 200
-    wait_until(lambda: w1.bucket("six")["consumed"] == 6, 30, 0.05, "the other worker sees all six")
-    for _ in range(5):  # within the allowance: kept to w0
-        assert w0.protected("five")[0] == 200
-    five = w0.bucket("five")
-    assert five["held"] and five["consumed"] == 5
-    slot, six_key, five_key = five["slot"], w0.bucket("six")["key"].encode(), five["key"].encode()
+    for _ in range(16):  # 5 held back, 10 deferred; the 16th passes L: the key is published, all 16
+        assert w0.protected("sixteen")[0] == 200
+    wait_until(lambda: w1.bucket("sixteen")["consumed"] == 16, 30, 0.05, "the other worker sees all sixteen")
+    for _ in range(12):  # 5 within the allowance, 7 deferred: all kept to w0 for now
+        assert w0.protected("twelve")[0] == 200
+    twelve = w0.bucket("twelve")
+    assert twelve["deferred"] and twelve["consumed"] == 12
+    slot, sixteen_key, twelve_key = twelve["slot"], w0.bucket("sixteen")["key"].encode(), twelve["key"].encode()
     w0.kill9()
     published = {k: decode(v) for k, v in read_topic(pool.broker, f"{pool.app_id}-updates").items()}
-    assert published[six_key].counters.get(slot) == 6  # nothing lost of a published key
-    lost = 5 - (published[five_key].counters.get(slot, 0) if five_key in published else 0)
-    assert lost == 5  # all of it was held back ...
-    assert lost <= max(1, 0.05 * 100) + 0.025 * 60  # ... and no more than A plus a minute of refill
-    assert w1.bucket("five")["tokens"] == 100  # the survivor never heard of it
+    assert published[sixteen_key].counters.get(slot) == 16  # nothing lost of a published key
+    lost = 12 - (published[twelve_key].counters.get(slot, 0) if twelve_key in published else 0)
+    assert lost == 12  # all of it was held back or deferred ...
+    assert lost <= max(1, 0.05 * 100) + 0.025 * 60 + 0.1 * 100  # ... and no more than A, a minute of refill, and L
+    assert w1.bucket("twelve")["tokens"] == 100  # the survivor never heard of it
+
+
+def test_a_deferred_admission_reaches_the_other_workers_once_its_wait_is_over(pool):
+    w0, w1 = pool.start(2, capacity=100, rate=1, hold_defer_seconds=2)
+    for _ in range(6):  # 5 held back, the sixth deferred
+        assert w0.protected("late")[0] == 200
+    deferred_at = time.monotonic()
+    assert w0.bucket("late")["deferred"] and w1.bucket("late")["consumed"] == 0
+    wait_until(lambda: w1.bucket("late")["consumed"] == 6, 30, 0.05, "the other worker sees all six")
+    # published by the one-second sweep once the 2 s are over (then one Kafka hop), not before
+    assert time.monotonic() - deferred_at >= 2 - 0.1
+    assert not w0.bucket("late")["deferred"]
 
 
 def test_users_spread_thinly_over_three_workers_get_within_ten_percent_of_the_ideal(pool):
