@@ -3,9 +3,12 @@
 Three workers of one app; worker 1 alone is offered a fixed load
 (``scaleout_rate`` req/s for ``scaleout_seconds``), the other two only listen.
 For each traffic kind (a new user per request; 5,000 users, about two requests
-each at the default load; one hot user, mostly refused) and for each publishing
+each at the default load; one hot user, mostly refused; a skewed mix, Zipf over
+10^6 users as ``bench.loadgen`` draws it: the shape real traffic has, not in
+#15's targets) and for each publishing
 rule side by side (``publish all``: hold_share 0, every admission published;
-``hold``: the default rule, bucketstream.hold), measured over an idle
+``hold, no defer``: hold_defer 0, past its allowance a key goes out at the next
+flush; ``hold``: the default rule, bucketstream.hold), measured over an idle
 baseline of the same processes:
 
 * update and changelog records per request;
@@ -33,8 +36,9 @@ from bench.tools import cpu_seconds, pin
 
 CAPACITY, RATE = 100.0, 10.0
 #: traffic kind -> (wrk scenario, key space): 0 = a new user per request
-TRAFFIC = {"unique": ("unique", 0), "5,000 users": ("unique", 5000), "hot": ("hot", 0)}
-RULES = {"publish all": 0.0, "hold": None}  # hold_share; None = the worker's default
+TRAFFIC = {"unique": ("unique", 0), "5,000 users": ("unique", 5000), "hot": ("hot", 0), "skewed": ("skewed", 0)}
+#: rule -> the workers' settings for it ({}: the defaults)
+RULES = {"publish all": {"hold_share": 0.0}, "hold, no defer": {"hold_defer": 0.0}, "hold": {}}
 PROJECT = (3, 10, 100)
 #: the issue's targets (#15)
 MAX_RECORDS, MAX_LISTEN_US, MAX_LOADED_RATIO, MIN_SHARE_100 = 0.005, 3.0, 1.2, 0.8
@@ -43,11 +47,11 @@ MAX_RECORDS, MAX_LISTEN_US, MAX_LOADED_RATIO, MIN_SHARE_100 = 0.005, 3.0, 1.2, 0
 def phase(bench, log) -> None:
     cfg = bench.cfg
     log(f"scale-out: three workers, worker 1 offered {cfg.scaleout_rate:g} req/s for {cfg.scaleout_seconds:g} s, "
-        "the others listen; publish all vs hold")
+        "the others listen; " + " vs ".join(RULES))
     out = bench.results.setdefault("scaleout", {"rate": cfg.scaleout_rate, "seconds": cfg.scaleout_seconds,
                                                 "rules": {}})
-    for name, share in RULES.items():
-        out["rules"][name] = run_rule(bench, log, name, share)
+    for i, (name, settings) in enumerate(RULES.items()):
+        out["rules"][name] = run_rule(bench, log, f"scale{i}", name, settings)
     per_record = listener_us_per_record(out["rules"]["publish all"]["traffic"]["unique"])
     out["listener_us_per_record"] = per_record
     for r in out["rules"].values():
@@ -61,10 +65,9 @@ def phase(bench, log) -> None:
     out["targets"] = targets(out["rules"]["hold"])
 
 
-def run_rule(bench, log, name: str, share: float | None) -> dict:
+def run_rule(bench, log, app: str, name: str, settings: dict) -> dict:
     cfg = bench.cfg
-    extra = {} if share is None else {"hold_share": share}
-    p = bench.pool(f"scale{'h' if share is None else 'p'}", capacity=CAPACITY, rate=RATE, **extra)
+    p = bench.pool(app, capacity=CAPACITY, rate=RATE, **settings)
     rows = {}
     try:
         workers = p.start(3)
@@ -98,7 +101,7 @@ def run_rule(bench, log, name: str, share: float | None) -> dict:
                 "cpu_us_per_request": cpu_us, "drain_seconds": drain,
             }
             rows[kind] = row
-            log(f"  {name:11s} {kind:11s} {run.rps:6,.0f} req/s  {row['updates_per_request']:.4f} upd/req  "
+            log(f"  {name:14s} {kind:11s} {run.rps:6,.0f} req/s  {row['updates_per_request']:.4f} upd/req  "
                 f"loaded {cpu_us['loaded']:5.0f} µs  listeners {cpu_us['listener 1']:5.1f}/"
                 f"{cpu_us['listener 2']:5.1f} µs  broker {cpu_us.get('broker', 0):5.1f} µs per request")
         return {"idle_cpu": idles, "traffic": rows}
