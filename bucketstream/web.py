@@ -485,7 +485,8 @@ def bucket_view(worker: Worker, table: faust.Table, app: faust.App, user: str, r
             "wasted": view.wasted,
             "replica_consumed": replica.consumed,
             "own_unreflected": own is not None and not crdt.leq(own, replica),
-            # kept to this worker (bucketstream.hold), not published unless the key comes near its limit
+            # bucketstream.hold: kept to this worker within the allowance (published only if the key
+            # comes near its limit), and to be published late
             "held": limiter.holds is not None and k in limiter.holds,
             "deferred": limiter.holds is not None and limiter.holds.is_deferred(k),
             "partition": partition,
