@@ -175,41 +175,21 @@ class Holds:
     def due(self, now: float, limit: int | None = None) -> list[bytes]:
         """Remove and return the deferred keys whose wait is over, oldest first, at most
         ``limit`` of them."""
-        out = []
-        deferred = self._deferred
-        for key, (at, _) in deferred.items():
-            if at > now or len(out) == limit:
-                break
-            out.append(key)
-        for key in out:
-            del deferred[key]
-        return out
+        return _take_due(self._deferred, 0, now, limit)
 
     def any_due(self, now: float) -> bool:
-        """Whether ``due(now)`` would return a key (bounded by its size, as ``any_refilled``)."""
-        first = next(iter(self._deferred.values()), None)
-        return first is not None and first[0] <= now
+        """Whether ``due(now)`` would return a key."""
+        return _first_due(self._deferred, 0, now)
 
     def refilled(self, now: float, limit: int | None = None) -> list[bytes]:
         """Remove and return the keys whose allowance is full again, oldest first, at most
         ``limit`` of them (the sweep stops at the first entry still refilling, which a
         later sweep finds)."""
-        out = []
-        entries = self._entries
-        for key, entry in entries.items():
-            if entry[2] > now or len(out) == limit:
-                break
-            out.append(key)
-        for key in out:
-            del entries[key]
-        return out
+        return _take_due(self._entries, 2, now, limit)
 
     def any_refilled(self, now: float) -> bool:
         """Whether ``refilled(now)`` would return a key."""
-        # Like ``refilled``, this walks past the slots of entries deleted at the front
-        # since the dict last resized: bounded by its size (``max_keys``), not by time.
-        first = next(iter(self._entries.values()), None)
-        return first is not None and first[2] <= now
+        return _first_due(self._entries, 2, now)
 
     def keys(self) -> list[bytes]:
         """The keys held back or deferred on (a stopping worker publishes them all)."""
@@ -219,3 +199,25 @@ class Holds:
     def clear(self) -> None:
         self._entries.clear()
         self._deferred.clear()
+
+
+def _take_due(entries: dict[bytes, tuple], at: int, now: float, limit: int | None) -> list[bytes]:
+    """Remove and return the keys whose ``entry[at]`` is not after ``now``, at most ``limit``.
+    The entries are in the order of that time, so the walk stops at the first one not due:
+    O(what it removes)."""
+    out = []
+    for key, entry in entries.items():
+        if entry[at] > now or len(out) == limit:
+            break
+        out.append(key)
+    for key in out:
+        del entries[key]
+    return out
+
+
+def _first_due(entries: dict[bytes, tuple], at: int, now: float) -> bool:
+    """Whether ``_take_due`` would remove a key."""
+    # This walks past the slots of entries deleted at the front since the dict last
+    # resized: bounded by its size (``max_keys``), not by time.
+    first = next(iter(entries.values()), None)
+    return first is not None and first[at] <= now
