@@ -282,6 +282,9 @@ SCENARIOS = {
     "skewed mix": (_skewed, 100.0, 10.0, 120.0, {}),
 }
 
+#: the publishing rules side by side in ``main``
+RULES = {"publish all": HoldRule(share=0.0), "hold, no defer": HoldRule(defer=0.0), "hold": HoldRule()}
+
 
 def simulate_workers(scenario: str, nodes: int = 3, hold: HoldRule = HoldRule(), delay: float = 0.02,
                      flush_interval: float = 0.01) -> WorkersResult:
@@ -411,10 +414,6 @@ def main() -> None:
             r = simulate_workers(scenario, 3, hold)
             print(f"{scenario:>20} {name:>14} {r.requests:>8} {r.ideal_admitted:>7} {r.admitted:>8} {r.ratio:>6.3f} "
                   f"{r.records_per_request:>11.4f} {r.max_excess_over_bound:>10.1f}")
-
-
-#: the publishing rules side by side in ``main``
-RULES = {"publish all": HoldRule(share=0.0), "hold, no defer": HoldRule(defer=0.0), "hold": HoldRule()}
 
 
 if __name__ == "__main__":
