@@ -126,8 +126,8 @@ class Limiter:
         ``max_unconfirmed`` states Kafka has not shown it yet (a publishing backlog).
 
         Keys it already holds state of keep being decided: their next flush is one
-        message whatever they spend, so they add nothing to the backlog. Held-back
-        states (``holds``) wait for nothing and do not count.
+        message whatever they spend, so they add nothing to the backlog. Held-back and
+        deferred states (``holds``) wait for no send and do not count: ``hold_keys`` bounds them.
         """
         return len(self._dirty) + len(self._inflight) < self.max_unconfirmed or key in self._own
 
