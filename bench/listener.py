@@ -1,10 +1,13 @@
 """What a listening worker spends per update record another worker publishes, and where (py-spy).
 
-``python -m bench.listener --out DIR [--runs 3] [--seconds 15] [--profile]``: one
-broker, three workers of one app with ``hold_share=0`` (every admission published),
-C = 100, R = 10/s; worker 1 is offered 800 new users a second, the other two listen
-(the ``publish all``, ``unique`` row of the scale-out phase, ``bench/scaleout.py``,
-repeated ``--runs`` times on the same processes). Per run: CPU of each process over
+``python -m bench.listener --out DIR [--runs 3] [--seconds 15] [--profile]
+[--traffic KIND] [--rule RULE] [--warm-up S]``: one broker, three workers of one app,
+C = 100, R = 10/s; worker 1 is offered 800 req/s, the other two listen. By default
+every admission is published (``hold_share=0``) and every request is a new user:
+the ``publish all``, ``unique`` row of the scale-out phase (``bench/scaleout.py``);
+``--traffic`` and ``--rule`` pick another of its rows (``--rule hold --traffic
+skewed``: the sparse records of a default worker), repeated ``--runs`` times on
+the same processes. Per run: CPU of each process over
 its idle baseline per update record. With ``--profile``, one more run with py-spy on
 listener 1: DIR/profile.md (bench.profile's summary) and DIR/by-task.txt (the busy
 samples by the task they ran in: the standby changelog reader, Faust's consumer
@@ -22,7 +25,7 @@ from pathlib import Path
 
 from bench import profile
 from bench.run import Bench, Config, log
-from bench.scaleout import idle_rates
+from bench.scaleout import RULES, TRAFFIC, idle_rates
 from bench.tools import cpu_seconds, ensure_tools, pin
 
 RATE = 800.0
@@ -60,6 +63,9 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=15.0)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--traffic", choices=sorted(TRAFFIC), default="unique")
+    ap.add_argument("--rule", choices=sorted(RULES), default="publish all")
+    ap.add_argument("--warm-up", type=float, default=5.0, help="seconds of the same traffic before the runs")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     b = Bench(Config(out=args.out, profile=False, phases=("scaleout",)))
@@ -68,7 +74,8 @@ def main() -> None:
     rows = []
     try:
         b.start_broker()
-        p = b.pool("listen", capacity=100.0, rate=10.0, hold_share=0.0)
+        p = b.pool("listen", capacity=100.0, rate=10.0, **RULES[args.rule])
+        scenario, space = TRAFFIC[args.traffic]
         workers = p.start(3)
         for w in workers:
             pin(w.proc.pid, b.server_cpus)
@@ -76,12 +83,12 @@ def main() -> None:
                 "listener 2": workers[2].proc.pid}
         b.quiet_totals(p.app_id, workers)
         idle = idle_rates(pids, 10.0)
-        b.wrk(workers[0].port, "warm-up", "unique", 5, RATE, record=False, space=0)
+        b.wrk(workers[0].port, "warm-up", scenario, args.warm_up, RATE, record=False, space=space)
         for i in range(args.runs):
             before, _ = b.quiet_totals(p.app_id, workers)
             cpu0 = {k: cpu_seconds(pid) for k, pid in pids.items()}
             t0 = time.monotonic()
-            run = b.wrk(workers[0].port, "listen", "unique", args.seconds, RATE, record=False, space=0)
+            run = b.wrk(workers[0].port, "listen", scenario, args.seconds, RATE, record=False, space=space)
             after, _ = b.quiet_totals(p.app_id, workers)
             elapsed = time.monotonic() - t0
             records = max(1, after["updates"] - before["updates"])
@@ -93,7 +100,7 @@ def main() -> None:
             raw = args.out / "profile-listener.txt"
             spy = profile.record(pids["listener 1"], args.seconds - 1, raw)
             time.sleep(0.5)
-            b.wrk(workers[0].port, "profiled", "unique", args.seconds, RATE, record=False, space=0)
+            b.wrk(workers[0].port, "profiled", scenario, args.seconds, RATE, record=False, space=space)
             profile.wait(spy, 60)
             (args.out / "profile.md").write_text(profile.render("listener 1", profile.summarize(raw, top=30)))
             (args.out / "by-task.txt").write_text("".join(f"{v * 100:5.1f} %  {k}\n" for k, v in by_task(raw)))
