@@ -36,7 +36,8 @@ EXPIRE = b"\x00"
 PUBLISH_TIMEOUT_MS = 30_000
 
 #: The merge agent takes the update topic in batches of up to this many events,
-#: or what arrived within MERGE_WITHIN seconds. States of one key within a batch
+#: or what arrived within MERGE_WITHIN seconds of the batch's first event
+#: (patches.take_batches: no wake-up while none comes). States of one key within a batch
 #: are joined first, so the table (and its changelog) is written once per key per
 #: batch: three workers flushing a hot key every 10 ms make one changelog record, not three.
 MERGE_BATCH = 1000
@@ -284,7 +285,7 @@ class Agents:
         producer = self._producer("changelog")
         await producer.start()
         try:
-            async for events in stream.take_events(MERGE_BATCH, within=MERGE_WITHIN):
+            async for events in patches.take_batches(stream, MERGE_BATCH, MERGE_WITHIN):
                 writes = apply_batch(self.worker, self.table, events, self.worker.clock())
                 if writes.by_partition:
                     # before the next batch, so before Faust acknowledges these updates
