@@ -620,8 +620,12 @@ class Bench:
                          "(2) bucketstream worker, unique users, max load")
 
     def phase_replication(self) -> None:
-        log("phase 4/6: replication delay, three workers under load")
-        p = self.pool("three")
+        log("phase 4/6: replication delay, three workers under load, every admission published")
+        # The delay of what is published. With the default rule nothing here would be: every
+        # bucket has room for every request (C = R = 10^6), so the workers hold every admission
+        # back (bucketstream.hold) and the phase had no sample at all. hold_share=0 publishes
+        # each admission, as the scale-out phase's "publish all" does.
+        p = self.pool("three", hold_share=0.0)
         sweep = self.results.setdefault("replication_sweep", [])
         try:
             workers = p.start(3)

@@ -20,7 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from faust.types import TP
 
 from bucketstream import crdt, kafka_auth, metrics, patches, spill
-from bucketstream.topics import (FETCH_MAX_WAIT_MS, UPDATES_RETENTION_MS, read_to_end,
+from bucketstream.topics import (UPDATES_RETENTION_MS, read_to_end,
                                  updates_topic)
 from bucketstream.worker import Worker
 
@@ -42,6 +42,19 @@ PUBLISH_TIMEOUT_MS = 30_000
 #: batch: three workers flushing a hot key every 10 ms make one changelog record, not three.
 MERGE_BATCH = 1000
 MERGE_WITHIN = 0.01
+
+#: How long the broker may park the peer feed's fetch while no update comes. It
+#: answers as soon as one byte is there, and the next fetch goes out as soon as the
+#: feed has taken what came, so while updates flow the park adds nothing; idle, it
+#: is the fetch round trips a worker makes: 10 a second, where 20 ms made 50 (a
+#: third of an idle worker's CPU). The park does add to a partition's delay when a
+#: fetch goes out without it, which aiokafka does once the fetched records were not
+#: taken within the prefetch back-off: hence the back-off as long as the park, so
+#: that only a stall of the event loop longer than it (not a GC pass or a merge
+#: batch of a few ms, as with 5 ms) sends a fetch without the waiting partition.
+#: (During the catch-up at start, which takes only the partitions still behind, 5 ms.)
+PEER_FETCH_MAX_WAIT_MS = 100
+PEER_PREFETCH_BACKOFF = PEER_FETCH_MAX_WAIT_MS / 1000
 
 #: How far back a starting worker reads the update topic: deltas that the
 #: table may not have merged yet (an owner that died, a rebalance).
@@ -307,13 +320,14 @@ class Agents:
             **kafka_auth.client_kwargs(settings),
             group_id=None,
             enable_auto_commit=False,
-            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+            fetch_max_wait_ms=PEER_FETCH_MAX_WAIT_MS,
             client_id=f"{settings.node_id}-peer-feed",
             key_deserializer=None,
             value_deserializer=None,
         )
         await consumer.start()
-        patches.shorten_prefetch_backoff(consumer)  # as for Faust's consumer: no 100 ms hold-back
+        # the catch-up below takes only the partitions still behind: the others' records wait
+        patches.prefetch_backoff(consumer)
         lags = limiter.peer_lags
         clock = worker.clock
 
@@ -351,6 +365,7 @@ class Agents:
                 # (consumer_auto_offset_reset="earliest"), not taken as merged.
                 consumer.seek(tp, min(offset, merged.get(tp, firsts[tp])))
             await read_to_end(consumer, tps, take)
+            patches.prefetch_backoff(consumer, PEER_PREFETCH_BACKOFF)  # from here on every fetch takes all
             worker.mark_peer_feed_ready()
             while True:
                 for tp, records in (await consumer.getmany(timeout_ms=1000)).items():

@@ -159,9 +159,10 @@ FAUST_FETCH_MAX_WAIT_MS = 100
 FAUST_FETCH_MIN_BYTES = 64 * 1024
 
 
-def shorten_prefetch_backoff(consumer: aiokafka.AIOKafkaConsumer) -> None:
-    """A started consumer's fetcher: no 100 ms hold-back of the next fetch."""
-    consumer._fetcher._prefetch_backoff = PREFETCH_BACKOFF
+def prefetch_backoff(consumer: aiokafka.AIOKafkaConsumer, seconds: float = PREFETCH_BACKOFF) -> None:
+    """A started consumer's fetcher: it holds back the next fetch from a broker at most
+    ``seconds`` while records it fetched are not taken (then fetches without their partitions)."""
+    consumer._fetcher._prefetch_backoff = seconds
 
 
 class _ConsumerThread(faust_kafka.AIOKafkaConsumerThread):
@@ -174,7 +175,7 @@ class _ConsumerThread(faust_kafka.AIOKafkaConsumerThread):
 
     async def on_start(self) -> None:
         await super().on_start()
-        shorten_prefetch_backoff(self._consumer)
+        prefetch_backoff(self._consumer)
 
     async def on_thread_stop(self) -> None:
         # With the broker away, aiokafka's Fetcher.close() cancels a fetch that is

@@ -24,10 +24,9 @@ log = logging.getLogger(__name__)
 
 UPDATES_RETENTION_MS = 3_600_000  # deltas are transient: the changelog holds the state
 
-#: How long the broker may hold a fetch of the project's own group-less consumers
-#: (the peer feed, the table reader) that has no data: the peer feed is the
-#: replication path, and the broker answers as soon as one byte is there. 20 ms
-#: costs an idle worker about 50 small fetch requests a second.
+#: How long the broker may hold a fetch that has no data, for the table reader
+#: (``bucketstream inspect``): a parked fetch holds back the offset requests behind
+#: it on the same connection. (The peer feed's is agents.PEER_FETCH_MAX_WAIT_MS.)
 FETCH_MAX_WAIT_MS = 20
 
 
