@@ -54,8 +54,10 @@ def test_one_limit_across_three_workers_and_they_converge(pool):
 
 def test_a_replica_worker_decides_locally_for_a_key_another_worker_owns(pool):
     """(5) B holds key k only as a standby replica; with the owner frozen (SIGSTOP)
-    B still answers at once, from state that includes the owner's consumption."""
-    a, b = pool.start(2, capacity=C, rate=0.01)
+    B still answers at once, from state that includes the owner's consumption.
+    hold_share 0: every admission published (held back or deferred, A's 4th would reach B
+    only after ``hold_defer_seconds`` whenever a flush fell between its 3rd and 4th)."""
+    a, b = pool.start(2, capacity=C, rate=0.01, hold_share=0)
     key = next(k for k in (f"user-{i}" for i in range(1000)) if b.bucket(k)["role"] == "standby")
     assert a.bucket(key)["role"] == "active"
     assert [a.protected(key)[0] for _ in range(4)] == [200] * 4

@@ -27,8 +27,10 @@ def test_ten_requests_pass_then_429(pool):
 
 def test_consumption_reaches_the_table_through_the_update_topic(pool, broker):
     """A 200 on /protected becomes a delta on the update topic, the agent joins it
-    into the table, and the compacted changelog in Kafka holds the merged state."""
-    (w,) = pool.start(1, capacity=10, rate=0.01)
+    into the table, and the compacted changelog in Kafka holds the merged state.
+    hold_share 0: every admission published (else the 4th waits ``hold_defer_seconds``
+    whenever a flush falls between the 3rd and the 4th)."""
+    (w,) = pool.start(1, capacity=10, rate=0.01, hold_share=0)
     assert [w.protected("bob")[0] for _ in range(4)] == [200] * 4
     key = w.bucket("bob")["key"].encode()  # <rule version>||bob
 
