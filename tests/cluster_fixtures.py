@@ -274,12 +274,6 @@ class DynamicLoad(Load):
         """From the next request on, round-robin over these (one atomic swap)."""
         self.workers = list(workers)
 
-    def finish(self) -> None:
-        """End the run now (the thread stops before its next request)."""
-        if self.result.start:
-            self.duration = min(self.duration, time.time() - self.result.start)
-        self._thread.join()
-
     def elapsed(self) -> float:
         return time.time() - self.result.start if self.result.start else 0.0
 

@@ -146,6 +146,12 @@ class Load:
         self._run()
         return self.result
 
+    def finish(self) -> None:
+        """End the run now (the thread stops before its next request)."""
+        if self.result.start:
+            self.duration = min(self.duration, time.time() - self.result.start)
+        self._thread.join()
+
 
 def measured_delay(workers: list) -> tuple[float, float]:
     """(p50, p99) of replication delay over the workers that measured any: for reports and
