@@ -18,6 +18,7 @@ from collections import defaultdict
 from time import monotonic
 
 import aiokafka
+import rocksdict
 from aiohttp import web as aioweb
 from aiohttp.web_protocol import RequestHandler
 from aiokafka.consumer.fetcher import Fetcher
@@ -45,6 +46,7 @@ class PatchError(RuntimeError):
 _INLINE = "a Faust message delivered without four tasks when nothing blocks it (_Consumer.wait_first)"
 _BATCHED = "the changelog reader that applies standby events in batches (Recovery)"
 _TAKE = "the merge agent's batches, with no wake-up while no update comes (take_batches)"
+_BUDGETS = "one memtable budget and one block cache for all of a worker's stores"
 
 #: (owner, attribute, where, what for): where is "class" (a class attribute or method) or the
 #: name of the owner's method that assigns it to the instance ("__init__", "on_start").
@@ -65,8 +67,9 @@ USED = [
     (faust_rocksdb.Store, "offset_key", "class", "bulk recovery writes Faust's persisted offset"),
     (faust_rocksdb.Store, "partition_path", "class", "bulk recovery opens Faust's own store files"),
     (faust_rocksdb.Store, "rocksdb_options", "__init__", "bulk recovery opens Faust's own store files"),
-    (faust_rocksdb.RocksDBOptions, "as_options", "class", "one memtable budget for all of a worker's stores"),
-    (faust_rocksdb.RocksDBOptions, "extra_options", "__init__", "one memtable budget for all of a worker's stores"),
+    (faust_rocksdb.RocksDBOptions, "as_options", "class", _BUDGETS),
+    (faust_rocksdb.RocksDBOptions, "extra_options", "__init__", _BUDGETS),
+    (faust_rocksdb.RocksDBOptions, "bloom_filter_size", "class", _BUDGETS),
     (Recovery, "standby_offsets", "__init__", "readiness with empty or current standbys"),
     (Recovery, "standby_highwaters", "__init__", "readiness with empty or current standbys"),
     (FaustTableManager, "_recovery", "class", _BATCHED),
@@ -120,6 +123,9 @@ def _present(owner: type, name: str, where: str) -> bool:
 #: library's method calls it where it did.
 CALLS = [
     (faust_consumer.Consumer, "_drain_messages", "self.wait_first(", _INLINE),
+    # _SharedBudgetOptions rebuilds Faust's block-based table options around one cache
+    (faust_rocksdb.RocksDBOptions, "as_options", "set_bloom_filter(", _BUDGETS),
+    (faust_rocksdb.RocksDBOptions, "as_options", "BlockBasedIndexType.binary_search()", _BUDGETS),
 ]
 
 
@@ -364,23 +370,33 @@ def store_db(table, partition: int):
     return table.data._db_for_partition(partition)
 
 
-class _SharedBufferOptions(faust_rocksdb.RocksDBOptions):
-    """Faust's RocksDB options, plus the ``write_buffer_manager`` option its rocksdict path
-    ignores (Faust passes unknown options to python-rocksdb only)."""
+class _SharedBudgetOptions(faust_rocksdb.RocksDBOptions):
+    """Faust's RocksDB options, plus the ``write_buffer_manager`` and ``block_cache`` options
+    its rocksdict path ignores (Faust passes unknown options to python-rocksdb only)."""
 
     def as_options(self):
         options = super().as_options()
         manager = self.extra_options.get("write_buffer_manager")
         if manager is not None:
             options.set_write_buffer_manager(manager)
+        cache = self.extra_options.get("block_cache")
+        if cache is not None:
+            # Faust's table options (CALLS checks it still sets these), around the one cache
+            table = rocksdict.BlockBasedOptions()
+            table.set_bloom_filter(self.bloom_filter_size, block_based=True)
+            table.set_block_cache(cache)
+            table.set_index_type(rocksdict.BlockBasedIndexType.binary_search())
+            options.set_block_based_table_factory(table)
         return options
 
 
-def share_write_buffers() -> None:
-    """Let a table's ``options`` carry one ``rocksdict.WriteBufferManager`` for all its partition
-    stores (``BUCKETSTREAM_ROCKSDB_MEMTABLE_MB``): Faust builds each store's options from its module's
-    ``RocksDBOptions``, and without one manager every partition store grows its own memtables."""
-    faust_rocksdb.RocksDBOptions = _SharedBufferOptions
+def share_store_budgets() -> None:
+    """Let a table's ``options`` carry one ``rocksdict.WriteBufferManager``
+    (``BUCKETSTREAM_ROCKSDB_MEMTABLE_MB``) and one ``rocksdict.Cache``
+    (``BUCKETSTREAM_ROCKSDB_BLOCK_CACHE_MB``) for all its partition stores: Faust builds each
+    store's options from its module's ``RocksDBOptions``, and without them every partition
+    store grows its own memtables and its own block cache."""
+    faust_rocksdb.RocksDBOptions = _SharedBudgetOptions
 
 
 def open_partition_store(store, partition: int):

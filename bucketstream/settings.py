@@ -52,6 +52,7 @@ class Settings(BaseSettings):
     max_unconfirmed_keys: int = Field(50_000, ge=1, description="back-pressure: while this worker holds this many admitted states Kafka has not shown it yet, /protected answers 503 (Retry-After: 1) for keys it holds no state of")
     cache_keys: int = Field(200_000, ge=1, description="decoded bucket states kept in memory (least recently read evicted first; a miss is one RocksDB read); about 1 KB of RSS each")
     rocksdb_memtable_mb: float = Field(8.0, ge=0, description="RocksDB memtables of all this worker's partition stores together, in MiB (one write buffer manager: past it the largest is flushed); 0: no shared budget, up to 2 x 4 MiB per store")
+    rocksdb_block_cache_mb: float = Field(16.0, ge=0, description="RocksDB block cache of all this worker's partition stores together, in MiB (one LRU cache of the blocks read from flushed data); 0: no shared cache, 8 MiB per store")
     hold_share: float = Field(0.05, ge=0, le=1, description="publishing rule: share of each rule's rate the cluster may lose to admissions workers keep to themselves (far from the limit); 0 publishes every admission (docs/design.md, holding back)")
     hold_burst: float = Field(0.05, ge=0, le=1, description="publishing rule: share of each rule's capacity (at least 1 token) one worker may keep unpublished on one key at once")
     hold_floor: float = Field(0.5, ge=0, le=1, description="publishing rule: a worker keeps an admission to itself only while its view of the bucket keeps this share of the capacity")
@@ -91,12 +92,12 @@ class Settings(BaseSettings):
             raise ValueError(f"must be a finite number above 0, got {value!r}")
         return value
 
-    @field_validator("rocksdb_memtable_mb")
+    @field_validator("rocksdb_memtable_mb", "rocksdb_block_cache_mb")
     @classmethod
-    def _memtable_budget(cls, value: float) -> float:
-        # below a MiB RocksDB would flush a memtable every few writes
+    def _store_budget(cls, value: float) -> float:
+        # below a MiB RocksDB would flush a memtable every few writes, or cache next to nothing
         if not math.isfinite(value) or (value != 0 and value < 1):
-            raise ValueError(f"must be 0 (no shared budget) or at least 1 MiB, got {value!r}")
+            raise ValueError(f"must be 0 (none shared) or at least 1 MiB, got {value!r}")
         return value
 
     @model_validator(mode="after")

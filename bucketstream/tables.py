@@ -28,7 +28,8 @@ from bucketstream.worker import Worker
 #: write buffers, up to 3 of them, and a 2 GiB block cache, per partition: a table of a few
 #: MB then grows its memtables and write-ahead log for hours before the first flush, and a
 #: worker's memory has no useful bound. With these, a store holds at most 2 x 4 MiB of
-#: memtable (and that much log) and 8 MiB of cache (docs/operations.md).
+#: memtable (and that much log) and 8 MiB of cache, and ``register`` puts every store of a
+#: worker under one memtable budget and one block cache (docs/operations.md).
 STORE_OPTIONS = {"write_buffer_size": 4 << 20, "max_write_buffer_number": 2, "block_cache_size": 8 << 20}
 
 
@@ -38,9 +39,14 @@ def register(app: faust.App, worker: Worker) -> faust.Table:
     # The memtables of all partition stores together (BUCKETSTREAM_ROCKSDB_MEMTABLE_MB): past it
     # RocksDB flushes the largest. Per store alone, 8 partitions could hold 64 MiB, reached only
     # after many minutes of writes, so a worker's memory grew for that long. 0: no shared budget.
-    patches.share_write_buffers()
+    # One block cache for all of them (BUCKETSTREAM_ROCKSDB_BLOCK_CACHE_MB), for the same reason:
+    # 8 MiB per store is 64 MiB for 8 partitions, filled by reads of flushed data over hours.
+    patches.share_store_budgets()
     budget = int(worker.settings.rocksdb_memtable_mb * (1 << 20))
     buffers = rocksdict.WriteBufferManager(budget, False) if budget else None
+    cache_size = int(worker.settings.rocksdb_block_cache_mb * (1 << 20))
+    cache = rocksdict.Cache(cache_size) if cache_size else None
+    shared = {"write_buffer_manager": buffers, "block_cache": cache}
 
     async def on_changelog_event(event) -> None:
         now = worker.clock()
@@ -55,7 +61,7 @@ def register(app: faust.App, worker: Worker) -> faust.Table:
         standby_buffer_size=patches.STANDBY_BATCH,
         on_changelog_event=on_changelog_event,
         # a copy: Faust's store pops keys from the mapping it is given
-        options=dict(STORE_OPTIONS, write_buffer_manager=buffers) if buffers else dict(STORE_OPTIONS),
+        options=dict(STORE_OPTIONS, **{name: x for name, x in shared.items() if x is not None}),
         help="token buckets: bucket key -> encoded CRDT state",
     )
     partition_for = worker.partition_for
@@ -79,8 +85,11 @@ def register(app: faust.App, worker: Worker) -> faust.Table:
         dbs = list(patches.store_dbs(table).values())
         memtables = buffers.get_usage() if buffers else sum(
             db.property_int_value("rocksdb.cur-size-all-mem-tables") or 0 for db in dbs)
+        # with one cache, every store reports the whole cache's usage
+        block_cache = cache.get_usage() if cache else sum(
+            db.property_int_value("rocksdb.block-cache-usage") or 0 for db in dbs)
         return {"memtables": memtables,
-                "block_cache": sum(db.property_int_value("rocksdb.block-cache-usage") or 0 for db in dbs),
+                "block_cache": block_cache,
                 "table_readers": sum(db.property_int_value("rocksdb.estimate-table-readers-mem") or 0 for db in dbs),
                 "stores": len(dbs)}
 

@@ -112,6 +112,62 @@ def test_all_partition_stores_of_a_worker_share_one_memtable_budget(tmp_path):
     assert memory["stores"] == 3 and memory["memtables"] == manager.get_usage()
 
 
+def test_all_partition_stores_of_a_worker_share_one_block_cache(tmp_path):
+    """Reads of flushed data in any partition store fill one block cache of
+    rocksdb_block_cache_mb, which stays within it however much is read from however many
+    stores; /stats (store_memory) reports it once, not once per store."""
+    from bucketstream import patches
+    from bucketstream.app import create_app
+
+    app = create_app(Settings(app_id="cache", data_dir=tmp_path, rocksdb_block_cache_mb=1))
+    table = app.bucket_table
+    cache = table.data.rocksdb_options.extra_options["block_cache"]
+    dbs = [patches.store_db(table, partition) for partition in (0, 3, 6)]
+    for db in dbs:  # 3 x 1.5 MB of flushed data: more than the cache holds
+        for i in range(1500):
+            db[b"k%d" % i] = b"v" * 1000
+        db.flush()
+
+    def read_all(db):
+        for i in range(1500):
+            assert db[b"k%d" % i] == b"v" * 1000
+
+    read_all(dbs[0])
+    one = cache.get_usage()
+    assert one > 0
+    assert [db.property_int_value("rocksdb.block-cache-usage") for db in dbs] == [one] * 3  # one cache
+    for db in dbs[1:]:
+        read_all(db)
+    assert 0 < cache.get_usage() <= 1 << 20
+    memory = app.worker.store_memory()
+    assert memory["stores"] == 3 and memory["block_cache"] == cache.get_usage()
+
+
+def test_no_shared_block_cache_when_it_is_set_to_zero(tmp_path):
+    from bucketstream import patches
+    from bucketstream.app import create_app
+
+    app = create_app(Settings(app_id="nocache", data_dir=tmp_path, rocksdb_block_cache_mb=0))
+    table = app.bucket_table
+    assert "block_cache" not in table.data.rocksdb_options.extra_options
+    a, b = patches.store_db(table, 0), patches.store_db(table, 1)
+    usage = lambda db: db.property_int_value("rocksdb.block-cache-usage")  # noqa: E731
+    b_before = usage(b)
+    a[b"k"] = b"v" * 200
+    a.flush()
+    assert a[b"k"] == b"v" * 200
+    assert usage(a) > usage(b) == b_before  # each store its own cache
+    assert app.worker.store_memory()["block_cache"] == usage(a) + usage(b)
+
+
+def test_a_block_cache_below_one_mib_stops_the_start_naming_the_setting():
+    from bucketstream.settings import ConfigError, load
+
+    with pytest.raises(ConfigError, match="BUCKETSTREAM_ROCKSDB_BLOCK_CACHE_MB: .*at least 1 MiB"):
+        load({"rocksdb_block_cache_mb": 0.5})
+    assert load({"rocksdb_block_cache_mb": 0}).rocksdb_block_cache_mb == 0
+
+
 def test_a_memtable_budget_below_one_mib_stops_the_start_naming_the_setting():
     from bucketstream.settings import ConfigError, load
 
