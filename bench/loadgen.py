@@ -24,9 +24,10 @@ hides the queueing a real open-loop client would see).
 
 from __future__ import annotations
 
+import bisect
 import json
 import subprocess
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 LUA = r"""
@@ -96,8 +97,23 @@ function done(summary, latency, requests)
     summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status, e.timeout,
     latency:percentile(50), latency:percentile(90), latency:percentile(99), latency:percentile(99.9),
     latency.max, latency.mean))
+  -- done() runs in wrk's main Lua state, which init() never saw: the ask comes by the environment
+  if os.getenv("BENCH_GRID") == "1" then
+    -- the latency at each percentile of GRID (below): what pooled_percentile needs to pool runs
+    local out = {}
+    for k = 1, 49 do out[#out + 1] = latency:percentile(k) end
+    for k = 500, 899 do out[#out + 1] = latency:percentile(k / 10) end
+    for k = 9000, 9999 do out[#out + 1] = latency:percentile(k / 100) end
+    out[#out + 1] = latency:percentile(99.999)
+    io.write("BENCH_GRID [" .. table.concat(out, ",") .. "]\n")
+  end
 end
 """
+
+#: The percentiles at which a run asked for its ``grid`` reports its latency: every 1 below 50,
+#: every 0.1 to 90, every 0.01 from 90 to 99.99, where the tail's percentiles are pooled.
+GRID = ([float(k) for k in range(1, 50)] + [k / 10 for k in range(500, 900)]
+        + [k / 100 for k in range(9000, 10000)] + [99.999])
 
 
 @dataclass
@@ -117,6 +133,8 @@ class Run:
     p999_ms: float
     max_ms: float
     mean_ms: float
+    #: latency in µs at each of GRID's percentiles, when asked for (to pool several runs)
+    grid: list[int] | None = field(default=None, repr=False)
 
     @property
     def rps(self) -> float:
@@ -128,7 +146,35 @@ class Run:
         return self.offered > 0 and self.rps < 0.95 * self.offered
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "rps": self.rps, "saturated": self.saturated}
+        d = asdict(self)
+        d.pop("grid")
+        return {**d, "rps": self.rps, "saturated": self.saturated}
+
+
+def pooled_percentile(runs: list[Run], p: float) -> float:
+    """The ``p``-th percentile in ms of all the requests of ``runs`` together (runs made with
+    ``grid``): the least latency at which the runs' distributions, weighted by their requests,
+    reach ``p`` %. Each run's distribution is read as a step at GRID's points, never above the
+    run's own, so the answer is never below the exact pooled percentile and is above it by at
+    most one grid step of each run (0.01 percentile where each run is past its p90)."""
+    if any(r.grid is None or len(r.grid) != len(GRID) for r in runs):
+        raise ValueError("pooled_percentile needs runs made with grid")
+    total = sum(r.requests for r in runs)
+    if not total:
+        return 0.0
+
+    def share_at_or_below(x: int) -> float:
+        # each run: the largest grid percentile whose latency is at most x (0 if none: a lower bound)
+        reached = 0.0
+        for r in runs:
+            k = bisect.bisect_right(r.grid, x)
+            reached += r.requests * (GRID[k - 1] / 100 if k else 0.0)
+        return reached / total
+
+    for x in sorted({v for r in runs for v in r.grid}):
+        if share_at_or_below(x) >= p / 100:
+            return x * 1e-3
+    return max(r.max_ms for r in runs)
 
 
 def script_path(workdir: Path) -> Path:
@@ -140,7 +186,7 @@ def script_path(workdir: Path) -> Path:
 
 def wrk(port: int, *, target: str, scenario: str, duration: float, workdir: Path, connections: int = 50,
         rate: float = 0.0, prefix: str = "u", space: int = 0, limit: int = 0, cpus: set[int] | None = None,
-        timeout: float = 10.0, seed: int = 1) -> Run:
+        timeout: float = 10.0, seed: int = 1, grid: bool = False) -> Run:
     """Run wrk against 127.0.0.1:``port`` for ``duration`` seconds (one thread)."""
     import os
 
@@ -148,8 +194,9 @@ def wrk(port: int, *, target: str, scenario: str, duration: float, workdir: Path
            "-s", str(script_path(workdir)), f"http://127.0.0.1:{port}/protected",
            "--", scenario, f"{rate:.3f}", prefix, str(space), str(limit), str(seed)]
     preexec = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+    env = {**os.environ, "BENCH_GRID": "1" if grid else "0"}
     done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=duration + 120, preexec_fn=preexec)
+                          timeout=duration + 120, preexec_fn=preexec, env=env)
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
     if done.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stdout.strip()[-500:]}")
@@ -160,4 +207,6 @@ def wrk(port: int, *, target: str, scenario: str, duration: float, workdir: Path
         errors=r["connect"] + r["read"] + r["write"] + r["timeout"] + r["status"], non_2xx=r["status"],
         p50_ms=r["p50_us"] * ms, p90_ms=r["p90_us"] * ms, p99_ms=r["p99_us"] * ms, p999_ms=r["p999_us"] * ms,
         max_ms=r["max_us"] * ms, mean_ms=r["mean_us"] * ms,
+        grid=next((json.loads(ln.removeprefix("BENCH_GRID ")) for ln in done.stdout.splitlines()
+                   if ln.startswith("BENCH_GRID ")), None) if grid else None,
     )

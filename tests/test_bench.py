@@ -101,6 +101,8 @@ def test_soak_smoke(broker, tmp_path):
         for row in e["rows"]:
             assert row["requests"] > 0 and row["rss_max"] > 0 and row["store_max"] > 0, row
             assert len(row["rss"]) == e["workers"] and row["cached"] > 0 and row["backlog"] >= 0, row
+            # p99 pools every worker's requests (wrk's grid of percentiles): at most the worst worker's
+            assert 0 < row["p50_ms"] <= row["p99_ms"] <= row["p99_worst_ms"], row
             # a window of load allocates: the collector ran, and its pauses were read from /metrics
             assert row["gc_seconds"] > 0 and row["gc_full"] >= 0 and row["gc_longest"] > 0, row
         assert e["drain_seconds"] is not None
@@ -111,5 +113,6 @@ def test_soak_smoke(broker, tmp_path):
     assert any(r["merge_lag_p99"] is not None for e in soak if e["traffic"] == "skewed" for r in e["rows"])
     md = (out / "results.md").read_text()
     assert "## Soak: minutes of fixed load" in md and md.count("| t (s) | req/s |") == 4
+    assert md.count("| p99 ms | p99 worst ms |") == 4
     assert md.count("| GC ms (full passes, longest) |") == 4 and md.count("| merge lag p99 s |") == 4
     assert md.count("RSS growth over the last half") == 4
