@@ -13,7 +13,8 @@ long tail of light ones, ``bench.loadgen``):
    ``fraction`` of that, spread evenly over the workers, once the merge agents
    have handled the calibration's updates;
 3. windows of ``window`` s back to back for ``seconds`` s; after each, the
-   achieved rate, p50/p99, and per worker its RSS, the size of its data
+   achieved rate, p50/p99 of the window's requests (all workers' pooled,
+   ``loadgen.pooled_percentile``; the worst worker's p99 beside it), and per worker its RSS, the size of its data
    directory (RocksDB), its cached and own keys and its table's keys, and the
    backlog: update-topic records no merge agent has handled yet (the topic's
    end offsets less the agents' ``bucketstream_updates_merged_total``, which
