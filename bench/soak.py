@@ -242,7 +242,7 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
             (f"{name}: last/first window p99 ≤ 1.2", f"{p99:.2f}" if p99 else "-", None if p99 is None else p99 <= 1.2),
             (f"{name}: RSS growth over the last half < 5 %", f"{100 * growth:+.1f} %", growth < 0.05),
             # the statistic this report judged by before it pooled the workers' requests
-            (f"{name}: last/first window p99 of the worst worker (no target; an upper bound of the pooled one's)",
+            (f"{name}: last/first window p99 of the worst worker (no target; judged by until 2026-12-03)",
              f"{worst:.2f}" if worst else "-", None),
             # not one of #19's targets: the cost per request, the same last as first if nothing grows
             (f"{name}: last/first window CPU per request (no target; 1.0 = no growth)",
@@ -292,7 +292,7 @@ def markdown(results: dict) -> list[str]:
            f"(sweep every {EXPIRE_CHECK:g} s); decoded cache {CACHE_KEYS:,} keys per worker. Offered: a fixed share of the max load measured just before on the "
            "same workers. p50, p99: of every request the window answered, all workers pooled (p99 within "
            "0.01 percentile of each worker's run, never below the exact one); p99 worst: the worst worker's own p99, an upper bound "
-           "of it (the only p99 this report had before 2026-12-04). RSS, RocksDB (its memory: memtables, block caches, index "
+           "of it (the only p99 this report had until 2026-12-03). RSS, RocksDB (its memory: memtables, block caches, index "
            "and filter blocks; part of the RSS), Python blocks (objects Python has allocated, sys.getallocatedblocks) and store (the worker's data directory): the largest worker's. Keys: cached (decoded cache, all workers), own (admitted, not yet seen back from "
            "Kafka), table (the largest worker's active partitions). Backlog: update-topic records no merge agent "
            "had handled yet, right after the window's load; merge lag: an update's produce time to its merge by "
