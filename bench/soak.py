@@ -103,7 +103,7 @@ def soak(bench, log, n: int, traffic: str) -> dict:
                     f"(broker {_us(row.get('broker_cpu_us'))})  p50 {row['p50_ms']:6.2f} ms  p99 "
                     f"{row['p99_ms']:7.2f} ms (worst worker {row['p99_worst_ms']:7.2f})  RSS {row['rss_max'] / 2**20:6.0f} MiB  RocksDB "
                     f"{row['rocksdb_max'] / 2**20:5.1f} MiB  Python {row['py_blocks_max'] / 1e6:5.2f}M blocks  store "
-                    f"{row['store_max'] / 2**20:6.1f} MiB  backlog {row['backlog']:6,} rec (merge lag p99 {_lag(row.get('merge_lag_p99'))} s)  keys cached "
+                    f"{row['store_max'] / 2**20:6.1f} MiB  backlog {row['backlog']:6,} rec (merge lag p99 {_2f(row.get('merge_lag_p99'))} s)  keys cached "
                     f"{row['cached']:,} own {row['own']:,} table {row['table']}  GC {row['gc_seconds'] * 1e3:,.0f} ms "
                     f"({row['gc_full']} full, longest ≤ {_pause(row['gc_longest'])})")
         # from the end of the load, not from the end of the last row's sampling (a second or more)
@@ -253,8 +253,9 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
     return out
 
 
-def _lag(seconds) -> str:
-    return "-" if seconds is None else f"{seconds:.2f}"
+def _2f(x) -> str:
+    """Two decimals, or "-" for a figure not measured (seconds of lag, ms of p99)."""
+    return "-" if x is None else f"{x:.2f}"
 
 
 def _us(x) -> str:
@@ -273,10 +274,6 @@ def _gc(row: dict) -> str:
     if "gc_seconds" not in row:  # a run from before the soak reported it
         return "-"
     return f"{row['gc_seconds'] * 1e3:,.0f} ({row['gc_full']}, ≤ {_pause(row['gc_longest'])})"
-
-
-def _ms(x) -> str:
-    return "-" if x is None else f"{x:.2f}"
 
 
 def _mib(n) -> str:
@@ -307,8 +304,8 @@ def markdown(results: dict) -> list[str]:
                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in e["rows"]:
             out.append(f"| {r['t']:.0f} | {r['rps']:,.0f}{' (saturated)' if r['saturated'] else ''} | "
-                       f"{_us(r.get('cpu_us'))} | {_us(r.get('broker_cpu_us'))} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {_ms(r.get('p99_worst_ms'))} | {_gc(r)} | {r['non_2xx']:,} | {r['errors']:,} | "
+                       f"{_us(r.get('cpu_us'))} | {_us(r.get('broker_cpu_us'))} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {_2f(r.get('p99_worst_ms'))} | {_gc(r)} | {r['non_2xx']:,} | {r['errors']:,} | "
                        f"{r['rss_max'] / 2**20:.0f} | {_mib(r.get('rocksdb_max'))} | {_count(r.get('py_blocks_max'))} | {r['store_max'] / 2**20:.1f} | {r['backlog']:,} | "
-                       f"{_lag(r.get('merge_lag_p99'))} | {r['cached']:,} | {r['own']:,} | {r['table']:,} |")
+                       f"{_2f(r.get('merge_lag_p99'))} | {r['cached']:,} | {r['own']:,} | {r['table']:,} |")
         out.append("")
     return out
