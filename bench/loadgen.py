@@ -114,6 +114,9 @@ end
 #: every 0.1 to 90, every 0.01 from 90 to 99.99, where the tail's percentiles are pooled.
 GRID = ([float(k) for k in range(1, 50)] + [k / 10 for k in range(500, 900)]
         + [k / 100 for k in range(9000, 10000)] + [99.999])
+#: GRID in thousandths of a percent, so that pooling counts requests in integers: a sum of
+#: float shares can fall an ulp short of p and step past the exact answer
+_GRID_MILLI = [round(g * 1000) for g in GRID]
 
 
 @dataclass
@@ -163,16 +166,18 @@ def pooled_percentile(runs: list[Run], p: float) -> float:
     if not total:
         return 0.0
 
-    def share_at_or_below(x: int) -> float:
-        # each run: the largest grid percentile whose latency is at most x (0 if none: a lower bound)
-        reached = 0.0
+    def reached_at(x: int) -> int:
+        # requests × thousandths of a percent: each run at the largest grid percentile whose
+        # latency is at most x (0 if none: a lower bound)
+        reached = 0
         for r in runs:
             k = bisect.bisect_right(r.grid, x)
-            reached += r.requests * (GRID[k - 1] / 100 if k else 0.0)
-        return reached / total
+            reached += r.requests * (_GRID_MILLI[k - 1] if k else 0)
+        return reached
 
+    goal = total * round(p * 1000)
     for x in sorted({v for r in runs for v in r.grid}):
-        if share_at_or_below(x) >= p / 100:
+        if reached_at(x) >= goal:
             return x * 1e-3
     return max(r.max_ms for r in runs)
 

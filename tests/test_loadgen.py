@@ -65,3 +65,12 @@ def test_pooled_p99_of_three_workers_is_within_a_grid_step_of_the_exact_one():
     pooled = pooled_percentile(runs, 99)
     assert wrk_percentile(everything, 99) * 1e-3 <= pooled <= wrk_percentile(everything, 99.02) * 1e-3
     assert pooled < 0.9 * max(r.p99_ms for r in runs)
+
+
+def test_workers_with_the_same_latencies_pool_to_their_own_p99():
+    # the sum of three runs' shares is exact: in floats, 3 × (10,003 × 0.99) / 30,009 falls an ulp
+    # short of 0.99, and the pooled p99 came out one grid step above every worker's own (CI, stop 28)
+    xs = list(range(1_000, 11_003))
+    runs = [run_of(xs) for _ in range(3)]
+    assert pooled_percentile(runs, 99) == runs[0].p99_ms
+    assert pooled_percentile(runs, 50) == runs[0].p50_ms
