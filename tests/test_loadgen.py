@@ -68,8 +68,8 @@ def test_pooled_p99_of_three_workers_is_within_a_grid_step_of_the_exact_one():
 
 
 def test_workers_with_the_same_latencies_pool_to_their_own_p99():
-    # the sum of three runs' shares is exact: in floats, 3 × (10,003 × 0.99) / 30,009 falls an ulp
-    # short of 0.99, and the pooled p99 came out one grid step above every worker's own (CI, stop 28)
+    # the runs' shares must add up exactly: in floats, 3 × (10,003 × 0.99) / 30,009 is an ulp short
+    # of 0.99, which puts the pooled p99 one grid step above every worker's own
     xs = list(range(1_000, 11_003))
     runs = [run_of(xs) for _ in range(3)]
     assert pooled_percentile(runs, 99) == runs[0].p99_ms
