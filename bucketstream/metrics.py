@@ -56,6 +56,10 @@ PUBLISH_FAILURES = Counter("bucketstream_publish_failures", "Whole states whose 
 UPDATES_MERGED = Counter("bucketstream_updates_merged", "Update-topic messages the merge agent handled, by result "
                          "(coalesced: joined with a later state of the same key in one batch, written once)",
                          ["result"], registry=REGISTRY)
+EXPIRY_KEYS_READ = Counter("bucketstream_expiry_keys_read", "Table keys the expiry sweep read (each once per "
+                           "pass over the active partitions, docs/operations.md)", registry=REGISTRY)
+EXPIRY_SWEEPS = Counter("bucketstream_expiry_sweeps", "Runs of the expiry sweep (one slice of the active "
+                        "partitions each)", registry=REGISTRY)
 PEER_STATES = Counter("bucketstream_peer_states", "States joined into the local view from the update topic",
                       registry=REGISTRY)
 REPLICATION_DELAY = Histogram("bucketstream_replication_delay_seconds",

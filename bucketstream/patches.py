@@ -64,7 +64,7 @@ USED = [
     (Service, "_crashed", "__init__", _INLINE),
     (faust_rocksdb.Store, "_dbs", "__init__", "one RocksDB point read per cache miss (store_dbs)"),
     (faust_rocksdb.Store, "_db_for_partition", "class", "the merge agent's own table writes (store_db)"),
-    (faust_rocksdb.Store, "offset_key", "class", "bulk recovery writes Faust's persisted offset"),
+    (faust_rocksdb.Store, "offset_key", "class", "bulk recovery writes Faust's persisted offset; the expiry sweep skips it"),
     (faust_rocksdb.Store, "partition_path", "class", "bulk recovery opens Faust's own store files"),
     (faust_rocksdb.Store, "rocksdb_options", "__init__", "bulk recovery opens Faust's own store files"),
     (faust_rocksdb.RocksDBOptions, "as_options", "class", _BUDGETS),
@@ -368,6 +368,20 @@ def store_dbs(table) -> dict:
 def store_db(table, partition: int):
     """The ``rocksdict.Rdict`` of one table partition, opened on first use."""
     return table.data._db_for_partition(partition)
+
+
+def partition_items(table, partition: int):
+    """``(key, stored value)`` of one partition's store, as ``table.items()`` yields them for
+    every active partition at once (without Faust's persisted-offset entry); nothing if
+    the store is not open."""
+    store = table.data
+    db = store._dbs.get(partition)
+    if db is None:
+        return
+    offset_key = store.offset_key
+    for key, value in db.items():
+        if key != offset_key:
+            yield key, value
 
 
 class _SharedBudgetOptions(faust_rocksdb.RocksDBOptions):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import gc
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from bucketstream import crdt, keyhash, metrics
 from bucketstream.hold import HoldRule, Holds
@@ -22,6 +22,10 @@ from bucketstream.local import BOTTOM, Limiter
 from bucketstream.recovery import BulkStats
 from bucketstream.rules import Rules
 from bucketstream.settings import Settings
+
+#: The expiry sweep reads a key at most about this many times (plus one) per expiry horizon
+#: (``Worker.sweep_period``).
+SWEEPS_PER_HORIZON = 8
 
 
 class Worker:
@@ -84,6 +88,32 @@ class Worker:
         """
         policy = self.rules.policy_for_key(key)
         return policy is not None and crdt.is_full(state, policy.rule, now - self.expire_horizon(policy.rule))
+
+    def sweep_period(self) -> int:
+        """``k``: the expiry sweep's ticks per pass over this worker's active partitions.
+
+        A sweep that read every key at every tick would read each key ``h / interval``
+        times before it may go (60 with the defaults): a key that enters the table would
+        cost its owner more in sweeps than in merges, and a table of many users a share
+        of a core for as long as they stay. A pass spread over ``k`` ticks, a slice of the
+        partitions each, reads a key once per ``k · interval``: about
+        ``SWEEPS_PER_HORIZON`` times per ``expire_after`` (the shortest horizon), and
+        delays a deletion by at most ``k · interval ≤ max(interval, expire_after /
+        SWEEPS_PER_HORIZON)`` (docs/design.md, 4.8). The slices are partitions, so ``k``
+        is at most the partition count.
+        """
+        s = self.settings
+        per_pass = s.expire_after / SWEEPS_PER_HORIZON
+        k = int(per_pass // s.expire_check_interval)
+        if k * s.expire_check_interval > per_pass:  # a rounded product an ulp over
+            k -= 1
+        return max(1, min(s.partitions, k))
+
+    def sweep_slice(self, actives: Iterable[int], tick: int) -> list[int]:
+        """The active partitions the expiry sweep reads at its ``tick``-th run: each one once
+        in any ``sweep_period()`` consecutive ticks."""
+        k = self.sweep_period()
+        return sorted(p for p in actives if p % k == tick % k)
 
     # -- the replica read behind the limiter's cache -----------------------------------------
     def _read(self, key: bytes) -> bytes | None:

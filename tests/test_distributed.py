@@ -126,7 +126,8 @@ def test_idle_buckets_expire_and_the_table_shrinks(pool, broker):
     """(6) many distinct users, then idle: their full buckets are deleted (tombstones
     in the compacted changelog), and the workers hold no keys any more. Every admission is
     published (hold_share 0): a user of one request would otherwise never reach the table."""
-    workers = pool.start(2, capacity=2, rate=1, expire_after=1, expire_check_interval=0.5, hold_share=0)
+    # a pass over the partitions spans two runs (floor(2 s / 8 / 0.125 s)): keys of every slice go
+    workers = pool.start(2, capacity=2, rate=1, expire_after=2, expire_check_interval=0.125, hold_share=0)
     users = [f"u{i}" for i in range(300)]
     for i, u in enumerate(users):
         assert workers[i % 2].protected(u)[0] == 200
@@ -139,3 +140,29 @@ def test_idle_buckets_expire_and_the_table_shrinks(pool, broker):
     assert all(v is None for v in history.values())  # ... and is a tombstone now
     # a deleted bucket is a full bucket again
     assert workers[0].bucket("u7")["tokens"] == 2
+
+
+def _sweep_counters(w) -> tuple[float, float]:
+    """(runs of the expiry sweep, table keys it read), from one /metrics answer."""
+    found = dict(line.split(" ", 1) for line in w.request("GET", "/metrics")[2].decode().splitlines()
+                 if line.startswith(("bucketstream_expiry_sweeps_total ", "bucketstream_expiry_keys_read_total ")))
+    return float(found["bucketstream_expiry_sweeps_total"]), float(found["bucketstream_expiry_keys_read_total"])
+
+
+def test_the_expiry_sweep_reads_each_key_once_per_pass_not_at_every_run(pool):
+    """A pass over the active partitions spans k runs (Worker.sweep_period: floor(8 s / 8 /
+    0.25 s) = 4), a slice of the partitions each: over any stretch of runs, each key is read
+    runs / k times, rounded down or up, where a sweep of every key at every run read it 4x
+    as often (and h / interval = 60 times per horizon with the defaults). No key goes stale
+    here (C / R = 10,000 s), so the table holds the same keys throughout."""
+    (w,) = pool.start(1, capacity=100, rate=0.01, expire_after=8, expire_check_interval=0.25, hold_share=0)
+    keys = 200
+    for i in range(keys):
+        assert w.protected(f"s{i}")[0] == 200
+    wait_until(lambda: json.loads(w.request("GET", "/stats")[2])["active_keys"] == keys, 30, 0.1,
+               "every user in the table")
+    runs0, read0 = _sweep_counters(w)
+    runs1, read1 = wait_until(lambda: (c := _sweep_counters(w))[0] >= runs0 + 24 and c, 60, 0.1, "24 runs")
+    runs, read = runs1 - runs0, read1 - read0
+    print(f"\n{runs:.0f} runs read {read:.0f} keys of {keys}: {read / keys:.2f} reads per key")
+    assert keys * (runs // 4) <= read <= keys * -(-runs // 4)

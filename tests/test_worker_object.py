@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from bucketstream import crdt
 from bucketstream.settings import Settings
 from bucketstream.web import protector
-from bucketstream.worker import Worker
+from bucketstream.worker import SWEEPS_PER_HORIZON, Worker
 
 
 class Clock:
@@ -72,6 +74,30 @@ def test_expiry_follows_the_workers_clock_and_horizon():
     assert w.expire_horizon(policy.rule) == 60
     assert not w.is_stale(key, state, clock.now + 60)  # full again after 1 s, but not 60 s ago
     assert w.is_stale(key, state, clock.now + 62)
+
+
+def test_the_default_sweep_reads_a_key_about_eight_times_per_horizon_not_sixty():
+    w = Worker(Settings(), slot=7)  # expire_after 600 s, a run every 10 s, 8 partitions
+    assert w.sweep_period() == 7  # floor(600 / 8 / 10): a pass every 70 s
+    assert [w.sweep_slice(range(8), t) for t in range(8)] == [[0, 7], [1], [2], [3], [4], [5], [6], [0, 7]]
+    assert Worker(Settings(expire_after=1, expire_check_interval=0.5), slot=7).sweep_period() == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(partitions=st.integers(1, 64), expire_after=st.floats(0.01, 1e6), interval=st.floats(0.01, 1e4),
+       data=st.data())
+def test_each_active_partition_is_swept_once_in_any_period_of_runs_and_a_period_is_short(
+        partitions, expire_after, interval, data):
+    """Every key is read once per pass (so it is deleted at most one pass after it went
+    stale), and a pass lasts at most max(interval, expire_after / SWEEPS_PER_HORIZON)."""
+    w = Worker(Settings(partitions=partitions, expire_after=expire_after, expire_check_interval=interval), slot=7)
+    k = w.sweep_period()
+    assert 1 <= k <= partitions
+    assert k * interval <= max(interval, expire_after / SWEEPS_PER_HORIZON)
+    actives = data.draw(st.sets(st.integers(0, partitions - 1)))
+    start = data.draw(st.integers(0, 10_000))
+    swept = [p for t in range(start, start + k) for p in w.sweep_slice(actives, t)]
+    assert sorted(swept) == sorted(actives)  # each once: none skipped, none read twice
 
 
 def test_each_partition_store_gets_the_bounded_rocksdb_options(tmp_path):
