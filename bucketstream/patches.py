@@ -370,6 +370,19 @@ def store_db(table, partition: int):
     return table.data._db_for_partition(partition)
 
 
+def partition_keys(table, partition: int):
+    """The keys of one partition's store (without Faust's persisted-offset entry); nothing
+    if the store is not open."""
+    store = table.data
+    db = store._dbs.get(partition)
+    if db is None:
+        return
+    offset_key = store.offset_key
+    for key in db.keys():
+        if key != offset_key:
+            yield key
+
+
 def partition_items(table, partition: int):
     """``(key, stored value)`` of one partition's store, as ``table.items()`` yields them for
     every active partition at once (without Faust's persisted-offset entry); nothing if

@@ -500,16 +500,13 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def _summary(values: list[float]) -> dict:
-    return {"samples": len(values), "p50": percentile(values, 0.50), "p99": percentile(values, 0.99),
-            "max": max(values) if values else None}
+    """Count, p50, p99 and max of ``values``, sorted once (five of these of 4,096 values
+    each, sorted twice, held the loop for about 10 ms of every /stats)."""
+    ordered = sorted(values)
+    n = len(ordered)
+    return {"samples": n, "p50": ordered[min(n - 1, n // 2)] if n else None,
+            "p99": ordered[min(n - 1, int(0.99 * n))] if n else None, "max": ordered[-1] if n else None}
 
 
 def register(app: faust.App, worker: Worker, table: faust.Table) -> None:
@@ -595,6 +592,8 @@ def register(app: faust.App, worker: Worker, table: faust.Table) -> None:
             ready = worker.ready()
             topic = table.changelog_topic_name
             assignor = app.assignor
+            actives = sorted(tp.partition for tp in assignor.assigned_actives() if tp.topic == topic)
+            active_keys = await worker.count_keys(actives) if ready else None
             return _json(
                 {
                     "worker": worker.settings.node_id,
@@ -602,10 +601,10 @@ def register(app: faust.App, worker: Worker, table: faust.Table) -> None:
                     "ready": ready,
                     "rebalancing": app.rebalancing,
                     "partitions": {
-                        "active": sorted(tp.partition for tp in assignor.assigned_actives() if tp.topic == topic),
+                        "active": actives,
                         "standby": sorted(tp.partition for tp in assignor.assigned_standbys() if tp.topic == topic),
                     },
-                    "active_keys": len(table) if ready else None,
+                    "active_keys": active_keys,
                     # own states waiting for Kafka; held back ones (bucketstream.hold) wait for nothing
                     "own_unreflected_keys": limiter.waiting_keys,
                     "held_keys": limiter.held_keys,

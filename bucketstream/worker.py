@@ -14,7 +14,7 @@ from __future__ import annotations
 import gc
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from bucketstream import crdt, keyhash, metrics
 from bucketstream.hold import HoldRule, Holds
@@ -26,6 +26,10 @@ from bucketstream.settings import Settings
 #: The expiry sweep reads a key at most about this many times (plus one) per expiry horizon
 #: (``Worker.sweep_period``).
 SWEEPS_PER_HORIZON = 8
+
+
+async def _no_keys(partitions: Iterable[int]) -> int:
+    return 0
 
 
 class Worker:
@@ -53,6 +57,8 @@ class Worker:
         self.tables_recovered: Callable[[], bool] = lambda: False
         #: RocksDB's memory beside Python's, in bytes by kind (tables.register).
         self.store_memory: Callable[[], dict[str, int]] = dict
+        #: The keys stored in some partitions of the table, counted without stalling the loop (tables.register).
+        self.count_keys: Callable[[Iterable[int]], Awaitable[int]] = _no_keys
         self._ready = False
         self.peer_feed_ready = False
         self.stopping = False

@@ -138,6 +138,46 @@ def test_all_partition_stores_of_a_worker_share_one_memtable_budget(tmp_path):
     assert memory["stores"] == 3 and memory["memtables"] == manager.get_usage()
 
 
+def test_counting_the_tables_keys_lets_requests_in_every_slice(tmp_path):
+    """/stats's ``active_keys`` walks the stores (Faust's ``len(table)`` did it in one
+    callback: 17-29 ms for 50,000 keys, every request waiting behind it). Counted here,
+    the walk hands the loop back every COUNT_SLICE keys, and counts what is stored in the
+    partitions asked for, without Faust's persisted-offset entry."""
+    import asyncio
+
+    from bucketstream import patches
+    from bucketstream.app import create_app
+    from bucketstream.tables import COUNT_SLICE
+
+    app = create_app(Settings(app_id="count", data_dir=tmp_path))
+    table = app.bucket_table
+    for partition, n in ((0, 2 * COUNT_SLICE), (3, COUNT_SLICE + 1), (5, 7)):
+        db = patches.store_db(table, partition)
+        for i in range(n):
+            db[b"k%d" % i] = b"v"
+        db[table.data.offset_key] = b"42"  # Faust's own entry: not a key of the table
+
+    async def count(partitions) -> tuple[int, int]:
+        turns = 0
+
+        async def other():  # a request's turn on the loop, for as long as the count lasts
+            nonlocal turns
+            while True:
+                await asyncio.sleep(0)
+                turns += 1
+        task = asyncio.ensure_future(other())
+        await asyncio.sleep(0)
+        before = turns
+        n = await app.worker.count_keys(partitions)
+        task.cancel()
+        return n, turns - before
+
+    keys, turns = asyncio.run(count([0, 3, 5, 6]))
+    assert keys == 3 * COUNT_SLICE + 8
+    assert turns >= 3  # one at each of the 3 slices the walk passed
+    assert asyncio.run(count([3]))[0] == COUNT_SLICE + 1
+
+
 def test_all_partition_stores_of_a_worker_share_one_block_cache(tmp_path):
     """Reads of flushed data in any partition store fill one block cache of
     rocksdb_block_cache_mb, which stays within it however much is read from however many
