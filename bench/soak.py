@@ -137,6 +137,8 @@ def sample(bench, app_id: str, workers, runs) -> dict:
         "p99_worst_ms": max(r.p99_ms for r in runs),
         "rss": rss, "rss_max": max(rss), "store": store, "store_max": max(store),
         "rocksdb": rocksdb, "rocksdb_max": max(rocksdb), "py_blocks": blocks, "py_blocks_max": max(blocks),
+        # its parts, per worker (memtables, block_cache, table_readers): which one a rising sum is
+        "rocksdb_parts": [{k: v for k, v in s["rocksdb_memory_bytes"].items() if k != "stores"} for s in per],
         "cached": sum(s["cached_keys"] for s in per), "own": sum(s["own_unreflected_keys"] for s in per),
         "table": max((s["active_keys"] or 0) for s in per),
         "backlog": unhandled,
