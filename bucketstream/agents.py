@@ -549,12 +549,10 @@ class Agents:
         retry = 3 * self.settings.expire_check_interval
         for key in [k for k, when in asked.items() if now - when > retry]:
             del asked[key]
-        changelog = self.table.changelog_topic_name
-        actives = [tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == changelog]
         tick, self._sweep_tick = self._sweep_tick, self._sweep_tick + 1
         stale = []
         read = 0
-        for partition in worker.sweep_slice(actives, tick):
+        for partition in worker.sweep_slice(worker.active_partitions(), tick):
             for key, raw in patches.partition_items(self.table, partition):
                 read += 1
                 if read % SWEEP_SLICE == 0:

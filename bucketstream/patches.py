@@ -377,31 +377,27 @@ _WALK = rocksdict.ReadOptions()
 _WALK.fill_cache(False)
 
 
+def _opened(table, partition: int):
+    """``(the partition's open store or None, Faust's persisted-offset key)``."""
+    store = table.data
+    return store._dbs.get(partition), store.offset_key
+
+
 def partition_keys(table, partition: int):
     """The keys of one partition's store (without Faust's persisted-offset entry); nothing
     if the store is not open."""
-    store = table.data
-    db = store._dbs.get(partition)
-    if db is None:
-        return
-    offset_key = store.offset_key
-    for key in db.keys(read_opt=_WALK):
-        if key != offset_key:
-            yield key
+    db, offset_key = _opened(table, partition)
+    if db is not None:
+        yield from (key for key in db.keys(read_opt=_WALK) if key != offset_key)
 
 
 def partition_items(table, partition: int):
     """``(key, stored value)`` of one partition's store, as ``table.items()`` yields them for
     every active partition at once (without Faust's persisted-offset entry); nothing if
     the store is not open."""
-    store = table.data
-    db = store._dbs.get(partition)
-    if db is None:
-        return
-    offset_key = store.offset_key
-    for key, value in db.items(read_opt=_WALK):
-        if key != offset_key:
-            yield key, value
+    db, offset_key = _opened(table, partition)
+    if db is not None:
+        yield from (item for item in db.items(read_opt=_WALK) if item[0] != offset_key)
 
 
 class _SharedBudgetOptions(faust_rocksdb.RocksDBOptions):

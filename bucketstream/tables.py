@@ -112,9 +112,15 @@ def register(app: faust.App, worker: Worker) -> faust.Table:
                     await asyncio.sleep(0)
         return n
 
+    def active_partitions() -> list[int]:
+        """The table partitions this worker owns now (its merge agent writes them)."""
+        topic = table.changelog_topic_name
+        return sorted(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic)
+
     worker.read_stored = read_stored
     worker.store_memory = store_memory
     worker.count_keys = count_keys
+    worker.active_partitions = active_partitions
     worker.tables_recovered = lambda: app.tables.actives_ready and (
         app.tables.standbys_ready or patches.standbys_caught_up(app))
     return table

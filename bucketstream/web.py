@@ -440,8 +440,7 @@ def pick_limit(policy: Policy, limit: str | None) -> Policy:
     raise BadRequest(f"policy {policy.name!r} has no limit {limit!r} (it has: {', '.join(x.name for x in policy.limits)})")
 
 
-def bucket_view(worker: Worker, table: faust.Table, app: faust.App, user: str, resource: str | None,
-                debug: bool, limit: str | None = None) -> dict:
+def bucket_view(worker: Worker, user: str, resource: str | None, debug: bool, limit: str | None = None) -> dict:
     """One bucket in its user's terms; with ``debug``, the CRDT's internals as well.
 
     A rule with several limits has a bucket per limit: ``limit`` names which (the first
@@ -477,8 +476,7 @@ def bucket_view(worker: Worker, table: faust.Table, app: faust.App, user: str, r
         replica = limiter.replica(k)
         own = limiter.own_state(k)
         partition = worker.partition_for(k)
-        actives = app.assignor.assigned_actives() if ready else set()
-        owner = any(tp.partition == partition and tp.topic == table.changelog_topic_name for tp in actives)
+        owner = ready and partition in worker.active_partitions()
         out.update({
             "consumed": view.consumed,
             "counters": {str(n): c for n, c in view.counters.items()},
@@ -575,7 +573,7 @@ def register(app: faust.App, worker: Worker, table: faust.Table) -> None:
                 if debug not in ("0", "1"):
                     raise BadRequest(f"debug must be 0 or 1, got {debug!r}")
                 limit = request.query.get("limit")
-                return _json(bucket_view(worker, table, app, user, resource, debug == "1", limit))
+                return _json(bucket_view(worker, user, resource, debug == "1", limit))
             except BadRequest as exc:
                 return error(400, str(exc))
             except UnknownResource:
@@ -592,7 +590,7 @@ def register(app: faust.App, worker: Worker, table: faust.Table) -> None:
             ready = worker.ready()
             topic = table.changelog_topic_name
             assignor = app.assignor
-            actives = sorted(tp.partition for tp in assignor.assigned_actives() if tp.topic == topic)
+            actives = worker.active_partitions()
             active_keys = await worker.count_keys(actives) if ready else None
             return _json(
                 {

@@ -59,6 +59,8 @@ class Worker:
         self.store_memory: Callable[[], dict[str, int]] = dict
         #: The keys stored in some partitions of the table, counted without stalling the loop (tables.register).
         self.count_keys: Callable[[Iterable[int]], Awaitable[int]] = _no_keys
+        #: The table partitions this worker owns now (tables.register).
+        self.active_partitions: Callable[[], list[int]] = list
         self._ready = False
         self.peer_feed_ready = False
         self.stopping = False
