@@ -49,6 +49,7 @@ loses them: at most ``L`` per key besides what was held back.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from bucketstream.crdt import Rule
@@ -99,15 +100,18 @@ class Holds:
         # key -> (allowance left at `at`, `at`, when it will have refilled to A). Oldest
         # first: an entry moves to the end when it is spent from again, so the sweep
         # (``refilled``) stops at the first entry still refilling: O(what it removes).
+        # An OrderedDict, not a dict: the sweep removes from the front, and a dict's walk
+        # to its first entry passes every slot removed there since it last resized, so
+        # each slice of the sweep cost more the longer the worker ran (docs/performance.md).
         # Plain tuples of floats, which the garbage collector stops tracking: a worker
         # holds one per user seen lately, and objects it tracks would make every full
         # pass (a stall of the whole loop) walk them all.
-        self._entries: dict[bytes, tuple[float, float, float]] = {}
+        self._entries: OrderedDict[bytes, tuple[float, float, float]] = OrderedDict()
         self.held = 0  # admissions held back, ever (a counter for metrics)
         # key -> (when it must be published at the latest, tokens deferred). Oldest first:
         # every entry waits the same ``defer_for``, so the sweep (``due``) stops at the first
-        # entry not yet due. Plain tuples of floats, as above.
-        self._deferred: dict[bytes, tuple[float, float]] = {}
+        # entry not yet due. An OrderedDict of plain tuples of floats, as above.
+        self._deferred: OrderedDict[bytes, tuple[float, float]] = OrderedDict()
         self.deferred = 0  # admissions deferred, ever (a counter for metrics)
 
     def __len__(self) -> int:
@@ -201,10 +205,11 @@ class Holds:
         self._deferred.clear()
 
 
-def _take_due(entries: dict[bytes, tuple], at: int, now: float, limit: int | None) -> list[bytes]:
+def _take_due(entries: OrderedDict[bytes, tuple], at: int, now: float, limit: int | None) -> list[bytes]:
     """Remove and return the keys whose ``entry[at]`` is not after ``now``, at most ``limit``.
     The entries are in the order of that time, so the walk stops at the first one not due:
-    O(what it removes)."""
+    O(what it removes), an OrderedDict's front being one step away however much was
+    removed from it before."""
     out = []
     for key, entry in entries.items():
         if entry[at] > now or len(out) == limit:
@@ -215,9 +220,7 @@ def _take_due(entries: dict[bytes, tuple], at: int, now: float, limit: int | Non
     return out
 
 
-def _first_due(entries: dict[bytes, tuple], at: int, now: float) -> bool:
-    """Whether ``_take_due`` would remove a key."""
-    # This walks past the slots of entries deleted at the front since the dict last
-    # resized: bounded by its size (``max_keys``), not by time.
+def _first_due(entries: OrderedDict[bytes, tuple], at: int, now: float) -> bool:
+    """Whether ``_take_due`` would remove a key: O(1)."""
     first = next(iter(entries.values()), None)
     return first is not None and first[at] <= now

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import math
+import time
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -186,6 +188,34 @@ def test_the_refill_sweep_takes_at_most_its_slice_oldest_first_and_leaves_the_re
     assert limiter.holds.keys() == keys[3:] and limiter.holds.any_refilled(now)
     assert limiter.drop_refilled(now, 3) == 3 and limiter.drop_refilled(now, 3) == 1
     assert not limiter.holds.any_refilled(now) and limiter.own_keys == 0
+
+
+def test_finding_the_oldest_entry_costs_the_same_however_many_the_sweep_removed_before_it():
+    """#19's defect, in the refill sweep: it removes entries at the front of an insertion-ordered
+    map, and each slice asks for the first entry left (``any_refilled``). A dict's walk to its
+    first entry passes every slot removed at its front since it last resized, so a long-running
+    worker's sweep cost more with every slice. A complexity check, timed as a ratio of two maps
+    in one process: 1.0x here, 150-190x with a dict."""
+    rule = Rule(100.0, 10.0)
+    swept, fresh = Holds(HoldRule(max_keys=200_000)), Holds(HoldRule())
+    n = 100_000
+    for i in range(n):
+        assert swept.try_hold(b"u%d" % i, rule, 1000.0, 1, 100.0, 3)
+    assert swept.try_hold(b"last", rule, 2000.0, 1, 100.0, 3)  # refills long after the others
+    assert fresh.try_hold(b"last", rule, 2000.0, 1, 100.0, 3)
+    assert len(swept.refilled(1500.0)) == n and len(swept) == len(fresh) == 1
+
+    def cost(holds: Holds) -> float:
+        best = math.inf
+        for _ in range(7):
+            start = time.perf_counter()
+            for _ in range(200):
+                assert not holds.any_refilled(1500.0)
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    cost(swept), cost(fresh)  # warm both
+    assert cost(swept) < 10 * cost(fresh)
 
 
 def test_an_allowance_entry_is_left_alone_by_the_garbage_collector():
