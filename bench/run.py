@@ -89,6 +89,8 @@ class Config:
     soak_fraction: float = 0.35
     soak_workers: tuple[int, ...] = (1, 3)  # one soak run per worker count and traffic kind
     soak_traffic: tuple[str, ...] = ("unique", "skewed")
+    # http: POST /protected (wrk); rls: Envoy's ShouldRateLimit (ghz), the gRPC surface's own path
+    soak_protocol: tuple[str, ...] = ("http",)
     worker_settings: dict = field(default_factory=dict)  # --worker-setting: for every worker started
     scaleout_rate: float = 800.0  # req/s offered to the one loaded worker of the scale-out phase
     scaleout_seconds: float = 15.0
@@ -967,6 +969,8 @@ def parse(argv: list[str] | None) -> Config:
     ap.add_argument("--worker-setting", action="append", default=[], metavar="NAME=VALUE",
                     help="a worker setting for every worker the bench starts (repeatable), e.g. cache_keys=100000")
     ap.add_argument("--soak-traffic", help="comma-separated traffic kinds of the soak runs (default unique,skewed)")
+    ap.add_argument("--soak-protocol", help="comma-separated surfaces the soak drives: http (POST /protected, "
+                                            "wrk), rls (Envoy's ShouldRateLimit, ghz) (default http)")
     ap.add_argument("--scaleout-rate", type=float, help="req/s offered to the loaded worker of the scale-out "
                                                         "phase (default 800)")
     ap.add_argument("--scaleout-seconds", type=float, help="seconds per scale-out run (default 15; smoke 1)")
@@ -1000,6 +1004,10 @@ def parse(argv: list[str] | None) -> Config:
         cfg.soak_traffic = tuple(x.strip() for x in a.soak_traffic.split(","))
         if unknown := set(cfg.soak_traffic) - {"unique", "skewed"}:
             ap.error(f"--soak-traffic: unknown kind(s) {', '.join(sorted(unknown))} (unique, skewed)")
+    if a.soak_protocol:
+        cfg.soak_protocol = tuple(x.strip() for x in a.soak_protocol.split(","))
+        if unknown := set(cfg.soak_protocol) - {"http", "rls"}:
+            ap.error(f"--soak-protocol: unknown surface(s) {', '.join(sorted(unknown))} (http, rls)")
     if a.fractions:
         cfg.fractions = sorted(float(x) for x in a.fractions.split(","))
     if a.phases:

@@ -2,9 +2,11 @@
 
 A limiter runs for months and sees millions of distinct users, so whatever
 costs more as users are seen or as time passes shows here as a slope, where a
-10 s run sees nothing. For one worker and for three, and for each traffic kind
-(``unique``: a new user on every request; ``skewed``: a few heavy users and a
-long tail of light ones, ``bench.loadgen``):
+10 s run sees nothing. For each surface (``http``: ``POST /protected`` through
+wrk; ``rls``: Envoy's ``ShouldRateLimit`` through ghz, ``bench.grpcload``), for
+one worker and for three, and for each traffic kind (``unique``: a new user on
+every request; ``skewed``: a few heavy users and a long tail of light ones,
+``bench.loadgen``):
 
 1. fresh workers of a new app, with the rule of a real deployment (C = 100,
    R = 10/s: the skewed mix's heavy users are refused) and the expiry horizon
@@ -49,26 +51,58 @@ DRAIN_TARGET = 0.5
 def phase(bench, log) -> None:
     cfg = bench.cfg
     log(f"soak: {cfg.soak_seconds:g} s of each traffic kind at {cfg.soak_fraction:g} x its max load, "
-        f"with {' then '.join(map(str, cfg.soak_workers))} worker(s), a row every {cfg.soak_window:g} s")
+        f"with {' then '.join(map(str, cfg.soak_workers))} worker(s), a row every {cfg.soak_window:g} s, "
+        f"through {' then '.join(cfg.soak_protocol)}")
     runs = bench.results.setdefault("soak", [])
-    for workers in cfg.soak_workers:
-        for traffic in cfg.soak_traffic:
-            runs.append(soak(bench, log, workers, traffic))
+    for protocol in cfg.soak_protocol:
+        ghz = None
+        if protocol == "rls":
+            from bench import grpcload
+
+            try:
+                ghz = (grpcload.build_ghz(), grpcload.write_protoset(bench.work / "rls.protoset"))
+            except RuntimeError as exc:
+                log(f"  soak through rls skipped: {exc}")
+                continue
+        for workers in cfg.soak_workers:
+            for traffic in cfg.soak_traffic:
+                runs.append(soak(bench, log, workers, traffic, ghz))
 
 
-def soak(bench, log, n: int, traffic: str) -> dict:
+def soak(bench, log, n: int, traffic: str, ghz: tuple | None = None) -> dict:
+    """One soak run; through RLS when ``ghz`` is (ghz's binary, the protoset), else through HTTP."""
+    from tests.cluster import free_port
+
     cfg = bench.cfg
-    p = bench.pool(f"soak{n}{traffic[0]}", capacity=CAPACITY, rate=RATE, expire_after=EXPIRE_AFTER,
+    protocol = "rls" if ghz else "http"
+    p = bench.pool(f"soak{n}{traffic[0]}{protocol[0]}", capacity=CAPACITY, rate=RATE, expire_after=EXPIRE_AFTER,
                    expire_check_interval=EXPIRE_CHECK, cache_keys=CACHE_KEYS)
-    entry: dict = {"workers": n, "traffic": traffic, "window": cfg.soak_window, "rows": []}
+    entry: dict = {"workers": n, "traffic": traffic, "protocol": protocol, "window": cfg.soak_window, "rows": []}
     try:
-        workers = p.start(n)
+        if ghz:  # each worker its own gRPC port
+            workers = []
+            for _ in range(n):
+                port = free_port()
+                (w,) = p.start(1, ready=False, grpc_port=port)
+                w.grpc_port = port
+                workers.append(w)
+            for w in workers:
+                w.wait_ready()
+            p.wait_stable()
+        else:
+            workers = p.start(n)
         if n == 1:
             pin(workers[0].proc.pid, bench.server_cpus)
         with concurrent.futures.ThreadPoolExecutor(n) as ex:
             def load(rate_each: float, seconds: float, prefix: str, seed: int):
-                futs = [ex.submit(bench.wrk, w.port, f"soak x{n} [{i}]", traffic, seconds, rate_each, False,
-                                  prefix=prefix, seed=seed, grid=True) for i, w in enumerate(workers)]
+                if ghz:
+                    from bench import grpcload
+
+                    futs = [ex.submit(grpcload.soak_run, *ghz, w.grpc_port, traffic, seconds, prefix, rate_each, seed,
+                                      bench.work, concurrency=cfg.connections, cpus=bench.gen_cpus) for w in workers]
+                else:
+                    futs = [ex.submit(bench.wrk, w.port, f"soak x{n} [{i}]", traffic, seconds, rate_each, False,
+                                      prefix=prefix, seed=seed, grid=True) for i, w in enumerate(workers)]
                 return [f.result() for f in futs]
 
             calibration = load(0.0, cfg.soak_calibrate, bench.prefix("cal"), 1)
@@ -76,7 +110,7 @@ def soak(bench, log, n: int, traffic: str) -> dict:
             entry["offered"] = cfg.soak_fraction * entry["max_rps"]
             # the calibration's backlog is not the soak's: start once the agents have handled it
             drain = drain_time(bench, p.app_id, workers, max(cfg.drain_timeout, 300.0))
-            log(f"  soak {traffic}, {n} worker(s): max {entry['max_rps']:,.0f} req/s (the agents handled its "
+            log(f"  soak {traffic}, {n} worker(s), {protocol}: max {entry['max_rps']:,.0f} req/s (the agents handled its "
                 f"updates {drain:.1f} s after it); offering {entry['offered']:,.0f} req/s")
             broker = bench.broker_pid()
             heavy = bench.prefix("heavy")  # skewed: the same users all run long (their buckets stay hot)
@@ -85,12 +119,15 @@ def soak(bench, log, n: int, traffic: str) -> dict:
                 prefix = heavy if traffic == "skewed" else bench.prefix("new")
                 cpu0 = [cpu_seconds(w.proc.pid) for w in workers]
                 gc0 = [gc_pauses(w) for w in workers]
+                refused0 = [refusals(w) for w in workers] if ghz else None
                 broker0 = cpu_seconds(broker) if broker else None
                 runs = load(entry["offered"] / n, cfg.soak_window, prefix, i + 2)
                 ended = time.monotonic()
                 cpu = sum(cpu_seconds(w.proc.pid) - c for w, c in zip(workers, cpu0))
                 row = sample(bench, p.app_id, workers, runs)
                 row.update(gc_window(gc0, [gc_pauses(w) for w in workers]))
+                if ghz:  # OVER_LIMIT is a gRPC OK to ghz: the refusals as the workers counted them
+                    row["non_2xx"] = sum(refusals(w) - r for w, r in zip(workers, refused0))
                 # the workers' CPU per request: on a shared machine a steadier sign of a cost that
                 # grows with time than latency is
                 row["cpu_us"] = 1e6 * cpu / row["requests"] if row["requests"] else None
@@ -162,6 +199,16 @@ def handled(w) -> int:
                    if line.startswith("bucketstream_updates_merged_total{")))
 
 
+#: The worker's refusals through RLS (bucketstream.metrics: decisions by policy, outcome and protocol).
+_RLS_REFUSED = re.compile(r'^bucketstream_decisions_total\{[^}]*outcome="refused"[^}]*protocol="rls"[^}]*\} (\S+)$', re.M)
+
+
+def refusals(w) -> int:
+    """One worker's RLS descriptors answered OVER_LIMIT so far."""
+    _, _, body = w.request("GET", "/metrics", timeout=30)
+    return int(sum(float(v) for v in _RLS_REFUSED.findall(body.decode())))
+
+
 #: The worker's histogram of garbage-collector passes (bucketstream.metrics.GC_PAUSE).
 _GC = re.compile(r'^bucketstream_gc_pause_seconds_(bucket|sum|count)\{generation="(\d)"(?:,le="([^"]+)")?\} (\S+)$', re.M)
 
@@ -231,7 +278,7 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
         if h is None:
             continue
         first, mid, last = h
-        name = f"soak, {e['workers']} worker(s), {e['traffic']}"
+        name = f"soak, {e['workers']} worker(s), {e['traffic']}" + (", RLS" if e.get("protocol") == "rls" else "")
         tput = last["rps"] / first["rps"] if first["rps"] else None
         p99 = last["p99_ms"] / first["p99_ms"] if first["p99_ms"] else None
         growth = max((b - a) / a for a, b in zip(mid["rss"], last["rss"]))
@@ -300,7 +347,8 @@ def markdown(results: dict) -> list[str]:
            "garbage collector spent there in the window, its full (generation 2) passes, and the longest pass of any "
            "worker, as the histogram bound it fits under (a pass holds the whole event loop).", ""]
     for e in runs:
-        out += [f"### {e['workers']} worker(s), {e['traffic']} users: max {e.get('max_rps', 0):,.0f} req/s, "
+        through = " through RLS (ghz; req/s: calls/s; 429s: OVER_LIMIT)" if e.get("protocol") == "rls" else ""
+        out += [f"### {e['workers']} worker(s), {e['traffic']} users{through}: max {e.get('max_rps', 0):,.0f} req/s, "
                 f"offered {e.get('offered', 0):,.0f} req/s; drained {_s(e.get('drain_seconds'))} after the load", "",
                 "| t (s) | req/s | CPU µs/req | broker CPU µs/req | p50 ms | p99 ms | p99 worst ms | GC ms (full passes, longest) | 429s | errors | RSS MiB | RocksDB MiB | Python blocks | store MiB | backlog | merge lag p99 s | cached | own | table |",
                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
