@@ -1,0 +1,30 @@
+"""The soak's report tells a trend in p99 from one slow window (``bench.soak``), on windows made here."""
+
+from __future__ import annotations
+
+from bench import soak
+
+
+def row(p99: float) -> dict:
+    return {"rps": 1000.0, "p99_ms": p99, "p99_worst_ms": p99, "rss": [100], "cpu_us": 200.0}
+
+
+def target(rows: list[dict], name: str) -> str:
+    entry = {"workers": 1, "traffic": "skewed", "protocol": "http", "rows": rows, "drain_seconds": 0.1}
+    return next(value for label, value, _ in soak.targets({"soak": [entry]}) if name in label)
+
+
+def test_one_slow_last_window_misses_the_target_but_shows_no_trend():
+    rows = [row(x) for x in (10, 11, 9, 12, 11, 11, 9, 12, 10, 33)]
+    assert target(rows, "last/first window p99 ≤ 1.2") == "3.30"
+    assert target(rows, "half's median window p99") == "1.00"
+
+
+def test_a_p99_that_climbs_shows_in_the_halves():
+    rows = [row(x) for x in range(1, 11)]
+    assert soak.half_medians(rows, "p99_ms") == 8 / 3  # median of 6-10 over median of 1-5
+
+
+def test_the_middle_window_of_an_odd_count_is_in_neither_half():
+    assert soak.half_medians([row(1), row(100), row(2)], "p99_ms") == 2.0
+    assert soak.half_medians([row(5)], "p99_ms") is None
