@@ -1,4 +1,4 @@
-"""Agents and timers, registered on a Faust app for a Worker: merge deltas into the table, flush our own, expire idle buckets.
+"""Agents and timers, registered on a Faust app for a Worker: merge deltas into the table, flush our own, expire idle buckets, trim the heap.
 
 ``updates`` carries whole lattice states keyed by bucket key (or an expiry
 request), co-partitioned with the table. The ``merge`` agent is the only
@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from faust.types import TP
 
-from bucketstream import crdt, kafka_auth, metrics, patches, spill
+from bucketstream import crdt, heap, kafka_auth, metrics, patches, spill
 from bucketstream.topics import (UPDATES_RETENTION_MS, read_to_end,
                                  updates_topic)
 from bucketstream.worker import Worker
@@ -282,6 +282,8 @@ class Agents:
         #: which lagged it further); bounded by the table's keys, pruned every sweep
         self._expiry_asked: dict[bytes, float] = {}
         self._sweep_tick = 0  # runs of the expiry sweep: which slice of the partitions it reads
+        #: glibc's malloc_trim (bucketstream.heap); None when off or not there
+        self._trim = heap.trimmer() if settings.heap_trim_interval else None
 
     def _producer(self, role: str) -> AIOKafkaProducer:
         """A dedicated producer: ``acks=all``, sends at once, gives up a batch after PUBLISH_TIMEOUT_MS."""
@@ -536,6 +538,12 @@ class Agents:
                 return
             await asyncio.sleep(0)
 
+    async def trim_heap(self) -> None:
+        """Give the C allocator's free pages back to the system (bucketstream.heap). Off the event
+        loop: the call walks every free chunk of every heap, longer the larger they are."""
+        released = await asyncio.get_running_loop().run_in_executor(None, self._trim)
+        metrics.HEAP_TRIMS.labels("true" if released else "false").inc()
+
     async def expire_idle(self) -> None:
         """Ask the owner to delete buckets of our active partitions that are full and idle.
 
@@ -643,4 +651,8 @@ def register(app: faust.App, worker: Worker, table: faust.Table) -> Agents:
     app.timer(5.0, name="bucketstream.agents.count_workers")(a.count_workers)
     app.timer(1.0, name="bucketstream.agents.resend_unconfirmed")(a.resend_unconfirmed)
     app.timer(worker.settings.expire_check_interval, name="bucketstream.agents.expire_idle")(a.expire_idle)
+    if a._trim is not None:
+        app.timer(worker.settings.heap_trim_interval, name="bucketstream.agents.trim_heap")(a.trim_heap)
+    elif worker.settings.heap_trim_interval:
+        log.info("this C library has no malloc_trim: BUCKETSTREAM_HEAP_TRIM_INTERVAL has no effect")
     return a

@@ -101,6 +101,7 @@ def main() -> None:
 @_option("cache_keys", "--cache-keys", type=int, metavar="N")
 @_option("rocksdb_memtable_mb", "--rocksdb-memtable-mb", type=float, metavar="MIB")
 @_option("rocksdb_block_cache_mb", "--rocksdb-block-cache-mb", type=float, metavar="MIB")
+@_option("heap_trim_interval", "--heap-trim-interval", type=float, metavar="SECONDS")
 @_option("expire_after", "--expire-after", type=float, metavar="SECONDS")
 @_option("expire_check_interval", "--expire-check-interval", type=float, metavar="SECONDS")
 @_option("app_id", "--app-id", metavar="NAME")

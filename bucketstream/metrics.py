@@ -85,6 +85,8 @@ HELD = Gauge("bucketstream_admissions_held", "Admissions this worker kept to its
 DEFERRED = Gauge("bucketstream_admissions_deferred", "Admissions this worker published late since it started, far "
                  "from their limit once their allowance was spent (bucketstream.hold; a counter, exposed as a gauge "
                  "read at scrape time)", registry=REGISTRY)
+HEAP_TRIMS = Counter("bucketstream_heap_trims", "Returns of the C allocator's free memory to the system "
+                     "(BUCKETSTREAM_HEAP_TRIM_INTERVAL), by whether any was released", ["released"], registry=REGISTRY)
 READY = Gauge("bucketstream_ready", "1 once the table replicas are recovered and the worker decides", registry=REGISTRY)
 
 

@@ -20,7 +20,7 @@ MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem not in ("__init_
 LAYERS = [
     {"settings"},
     {"crdt", "hold", "rules", "local", "spill", "validate", "simulation", "metrics", "topics", "patches", "recovery",
-     "kafka_auth", "history", "inspect", "keyhash"},
+     "kafka_auth", "history", "inspect", "keyhash", "heap"},
     {"worker"},
     {"tables", "agents", "web", "rls"},
     {"app"},

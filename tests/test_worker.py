@@ -141,3 +141,21 @@ def test_more_replicas_than_brokers_fails_at_start_naming_the_variable(broker, t
                            "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert "BUCKETSTREAM_TOPIC_REPLICATION is 3" in proc.stderr and "1 broker" in proc.stderr
+
+
+def _heap_trims(w) -> float:
+    _, _, body = w.request("GET", "/metrics")
+    return sum(float(line.rsplit(" ", 1)[1]) for line in body.decode().splitlines()
+               if line.startswith("bucketstream_heap_trims_total{"))
+
+
+def test_a_worker_gives_the_allocators_free_memory_back_on_its_timer(pool):
+    """glibc's malloc_trim on BUCKETSTREAM_HEAP_TRIM_INTERVAL (bucketstream.heap), counted; never with 0.
+    What it is for, the RSS it keeps from creeping, is measured by the soak (docs/performance.md)."""
+    (trimming,) = pool.start(1, heap_trim_interval=0.2)
+    wait_until(lambda: _heap_trims(trimming) >= 3, timeout=30, what="three heap trims")
+    (off,) = pool.start(1, heap_trim_interval=0)
+    # the first worker's trims go on meanwhile: the second has had as long for its own
+    before = _heap_trims(trimming)
+    wait_until(lambda: _heap_trims(trimming) >= before + 3, timeout=30, what="three more heap trims")
+    assert _heap_trims(off) == 0

@@ -264,6 +264,14 @@ def test_a_memtable_budget_below_one_mib_stops_the_start_naming_the_setting():
     assert load({"rocksdb_memtable_mb": 0}).rocksdb_memtable_mb == 0
 
 
+def test_a_negative_heap_trim_interval_stops_the_start_naming_the_setting():
+    from bucketstream.settings import ConfigError, load
+
+    with pytest.raises(ConfigError, match="BUCKETSTREAM_HEAP_TRIM_INTERVAL: .*greater than or equal to 0"):
+        load({"heap_trim_interval": -1})
+    assert load({"heap_trim_interval": 0}).heap_trim_interval == 0
+
+
 def test_no_shared_memtable_budget_when_it_is_set_to_zero(tmp_path):
     from bucketstream import patches
     from bucketstream.app import create_app
