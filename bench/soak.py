@@ -31,11 +31,12 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import math
+import os
 import re
 import statistics
 import time
 
-from bench.tools import cpu_seconds, dir_bytes, pin, rss_bytes
+from bench.tools import cpu_seconds, dir_bytes, pin, rss_bytes, run_delay, steal_seconds
 
 #: The soak's rule: nobody in ``unique`` comes near it; ``skewed``'s heavy users do.
 CAPACITY, RATE = 100.0, 10.0
@@ -122,11 +123,14 @@ def soak(bench, log, n: int, traffic: str, ghz: tuple | None = None) -> dict:
                 gc0 = [gc_pauses(w) for w in workers]
                 refused0 = [refusals(w) for w in workers] if ghz else None
                 broker0 = cpu_seconds(broker) if broker else None
+                waited0, steal0, began = [run_delay(w.proc.pid) for w in workers], steal_seconds(), time.monotonic()
                 runs = load(entry["offered"] / n, cfg.soak_window, prefix, i + 2)
                 ended = time.monotonic()
+                row_wait = waiting(workers, waited0, steal0, ended - began)
                 cpu = sum(cpu_seconds(w.proc.pid) - c for w, c in zip(workers, cpu0))
                 row = sample(bench, p.app_id, workers, runs)
                 row.update(gc_window(gc0, [gc_pauses(w) for w in workers]))
+                row.update(row_wait)
                 if ghz:  # OVER_LIMIT is a gRPC OK to ghz: the refusals as the workers counted them
                     row["non_2xx"] = sum(refusals(w) - r for w, r in zip(workers, refused0))
                 # the workers' CPU per request: on a shared machine a steadier sign of a cost that
@@ -143,7 +147,8 @@ def soak(bench, log, n: int, traffic: str, ghz: tuple | None = None) -> dict:
                     f"{row['rocksdb_max'] / 2**20:5.1f} MiB  Python {row['py_blocks_max'] / 1e6:5.2f}M blocks  store "
                     f"{row['store_max'] / 2**20:6.1f} MiB  backlog {row['backlog']:6,} rec (merge lag p99 {_2f(row.get('merge_lag_p99'))} s)  keys cached "
                     f"{row['cached']:,} own {row['own']:,} table {row['table']}  GC {row['gc_seconds'] * 1e3:,.0f} ms "
-                    f"({row['gc_full']} full, longest ≤ {_pause(row['gc_longest'])})")
+                    f"({row['gc_full']} full, longest ≤ {_pause(row['gc_longest'])})  waiting for a core "
+                    f"{row['wait_ms_per_s']:.0f} ms/s (stolen {row['steal_pct']:.1f} %)")
         # from the end of the load, not from the end of the last row's sampling (a second or more)
         entry["drain_seconds"] = drain_time(bench, p.app_id, workers, cfg.drain_timeout, since=ended)
         log(f"  after the load, the agents handled the last update within {entry['drain_seconds']:.1f} s")
@@ -245,6 +250,17 @@ def gc_window(before: list[dict], after: list[dict]) -> dict:
             "gc_full": after[worst]["full"] - before[worst]["full"], "gc_longest": longest}
 
 
+def waiting(workers, waited0: list[float], steal0: float, seconds: float) -> dict:
+    """The window's waits for a core: the most any worker's event loop spent runnable but not running,
+    in ms per second of the window, and the share of the machine's CPU time the hypervisor gave to other
+    guests. A request that arrives while its worker's loop waits for a core waits with it, so a window
+    whose p99 stands out with these up is the machine's, not the worker's."""
+    waited = max(run_delay(w.proc.pid) - d for w, d in zip(workers, waited0))
+    stolen = steal_seconds() - steal0
+    return {"wait_ms_per_s": 1e3 * waited / seconds if seconds > 0 else 0.0,
+            "steal_pct": 100 * stolen / (seconds * (os.cpu_count() or 1)) if seconds > 0 else 0.0}
+
+
 def _pause(seconds: float) -> str:
     return "-" if not seconds else ("> 0.5 s" if math.isinf(seconds) else f"{seconds * 1e3:g} ms")
 
@@ -341,6 +357,12 @@ def _gc(row: dict) -> str:
     return f"{row['gc_seconds'] * 1e3:,.0f} ({row['gc_full']}, ≤ {_pause(row['gc_longest'])})"
 
 
+def _wait(row: dict) -> str:
+    if "wait_ms_per_s" not in row:  # a run from before the soak reported it
+        return "-"
+    return f"{row['wait_ms_per_s']:.0f} ({row['steal_pct']:.1f} %)"
+
+
 def _mib(n) -> str:
     return "-" if n is None else f"{n / 2**20:.1f}"
 
@@ -361,16 +383,19 @@ def markdown(results: dict) -> list[str]:
            "an agent, p99 of each worker's last 4,096 merged updates (the worst worker's). CPU: user + system time of all workers in the window per request answered; broker CPU: "
            "the same for the Kafka broker the bench started. GC: the time the worker that spent most in Python's "
            "garbage collector spent there in the window, its full (generation 2) passes, and the longest pass of any "
-           "worker, as the histogram bound it fits under (a pass holds the whole event loop).", ""]
+           "worker, as the histogram bound it fits under (a pass holds the whole event loop). Core wait: the most any "
+           "worker's event loop spent runnable but waiting for a core, ms per second of the window (the scheduler's "
+           "run_delay), and in brackets the share of the machine's CPU time the hypervisor gave to other guests "
+           "(steal): a request waits while its loop does, so a p99 that stands out with these is the machine's.", ""]
     for e in runs:
         through = " through RLS (ghz; req/s: calls/s; 429s: OVER_LIMIT)" if e.get("protocol") == "rls" else ""
         out += [f"### {e['workers']} worker(s), {e['traffic']} users{through}: max {e.get('max_rps', 0):,.0f} req/s, "
                 f"offered {e.get('offered', 0):,.0f} req/s; drained {_s(e.get('drain_seconds'))} after the load", "",
-                "| t (s) | req/s | CPU µs/req | broker CPU µs/req | p50 ms | p99 ms | p99 worst ms | GC ms (full passes, longest) | 429s | errors | RSS MiB | RocksDB MiB | Python blocks | store MiB | backlog | merge lag p99 s | cached | own | table |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                "| t (s) | req/s | CPU µs/req | broker CPU µs/req | p50 ms | p99 ms | p99 worst ms | GC ms (full passes, longest) | core wait ms/s (steal) | 429s | errors | RSS MiB | RocksDB MiB | Python blocks | store MiB | backlog | merge lag p99 s | cached | own | table |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in e["rows"]:
             out.append(f"| {r['t']:.0f} | {r['rps']:,.0f}{' (saturated)' if r['saturated'] else ''} | "
-                       f"{_us(r.get('cpu_us'))} | {_us(r.get('broker_cpu_us'))} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {_2f(r.get('p99_worst_ms'))} | {_gc(r)} | {r['non_2xx']:,} | {r['errors']:,} | "
+                       f"{_us(r.get('cpu_us'))} | {_us(r.get('broker_cpu_us'))} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {_2f(r.get('p99_worst_ms'))} | {_gc(r)} | {_wait(r)} | {r['non_2xx']:,} | {r['errors']:,} | "
                        f"{r['rss_max'] / 2**20:.0f} | {_mib(r.get('rocksdb_max'))} | {_count(r.get('py_blocks_max'))} | {r['store_max'] / 2**20:.1f} | {r['backlog']:,} | "
                        f"{_2f(r.get('merge_lag_p99'))} | {r['cached']:,} | {r['own']:,} | {r['table']:,} |")
         out.append("")

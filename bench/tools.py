@@ -104,6 +104,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def run_delay(pid: int) -> float:
+    """Seconds the main thread of ``pid`` has spent runnable but waiting for a core (the scheduler's
+    ``run_delay``). A worker's main thread runs its event loop: while it waits, every request waits."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[1]) / 1e9
+
+
+def steal_seconds() -> float:
+    """CPU time the hypervisor has given to other guests while this machine's cores had work, summed
+    over the cores (``/proc/stat``, steal)."""
+    with open("/proc/stat") as f:
+        return int(f.readline().split()[8]) / _TICK
+
+
 def dir_bytes(path: Path) -> int:
     total = 0
     for root, _, files in os.walk(path):
