@@ -301,6 +301,8 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
         growth = max((b - a) / a for a, b in zip(mid["rss"], last["rss"]))
         worst = (last["p99_worst_ms"] / first["p99_worst_ms"]) if first.get("p99_worst_ms") and last.get("p99_worst_ms") else None
         cpu = (last["cpu_us"] / first["cpu_us"]) if first.get("cpu_us") and last.get("cpu_us") else None
+        wait = (f"{last['wait_ms_per_s']:.0f} / {first['wait_ms_per_s']:.0f} ms/s"
+                if "wait_ms_per_s" in first and "wait_ms_per_s" in last else "-")
         halves = half_medians(e["rows"], "p99_ms")
         drain = e.get("drain_seconds")
         out += [
@@ -318,6 +320,9 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
             # not one of #19's targets: the cost per request, the same last as first if nothing grows
             (f"{name}: last/first window CPU per request (no target; 1.0 = no growth)",
              f"{cpu:.2f}" if cpu else "-", None),
+            # not one of #19's targets: how long the busiest loop waited for a core, last window and first; a
+            # window's p99 moves with it (a machine busier in one minute than in the other)
+            (f"{name}: last / first window's wait for a core (no target)", wait, None),
             (f"{name}: no backlog: every update handled ≤ {DRAIN_TARGET:g} s after the load", _s(drain),
              None if drain is None else drain <= DRAIN_TARGET),
         ]

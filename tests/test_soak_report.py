@@ -28,3 +28,9 @@ def test_a_p99_that_climbs_shows_in_the_halves():
 def test_the_middle_window_of_an_odd_count_is_in_neither_half():
     assert soak.half_medians([row(1), row(100), row(2)], "p99_ms") == 2.0
     assert soak.half_medians([row(5)], "p99_ms") is None
+
+
+def test_the_wait_for_a_core_stands_beside_the_p99_of_the_same_windows():
+    rows = [dict(row(5), wait_ms_per_s=150.0), dict(row(6), wait_ms_per_s=90.0), dict(row(9), wait_ms_per_s=260.4)]
+    assert target(rows, "wait for a core") == "260 / 150 ms/s"
+    assert target([row(5), row(9)], "wait for a core") == "-"  # a run from before it was measured
