@@ -253,8 +253,9 @@ def gc_window(before: list[dict], after: list[dict]) -> dict:
 def waiting(workers, waited0: list[float], steal0: float, seconds: float) -> dict:
     """The window's waits for a core: the most any worker's event loop spent runnable but not running,
     in ms per second of the window, and the share of the machine's CPU time the hypervisor gave to other
-    guests. A request that arrives while its worker's loop waits for a core waits with it, so a window
-    whose p99 stands out with these up is the machine's, not the worker's."""
+    guests. A request that arrives while its worker's loop waits for a core waits with it: a window whose
+    p99 stands out with these up is one in which the loops waited for the cores, not one in which a
+    worker stalled on its own."""
     waited = max(run_delay(w.proc.pid) - d for w, d in zip(workers, waited0))
     stolen = steal_seconds() - steal0
     return {"wait_ms_per_s": 1e3 * waited / seconds if seconds > 0 else 0.0,
@@ -391,7 +392,7 @@ def markdown(results: dict) -> list[str]:
            "worker, as the histogram bound it fits under (a pass holds the whole event loop). Core wait: the most any "
            "worker's event loop spent runnable but waiting for a core, ms per second of the window (the scheduler's "
            "run_delay), and in brackets the share of the machine's CPU time the hypervisor gave to other guests "
-           "(steal): a request waits while its loop does, so a p99 that stands out with these is the machine's.", ""]
+           "(steal): a request waits while its loop does.", ""]
     for e in runs:
         through = " through RLS (ghz; req/s: calls/s; 429s: OVER_LIMIT)" if e.get("protocol") == "rls" else ""
         out += [f"### {e['workers']} worker(s), {e['traffic']} users{through}: max {e.get('max_rps', 0):,.0f} req/s, "
