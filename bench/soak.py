@@ -36,7 +36,7 @@ import re
 import statistics
 import time
 
-from bench.tools import cpu_seconds, dir_bytes, pin, rss_bytes, run_delay, steal_seconds
+from bench.tools import Yardstick, cpu_seconds, dir_bytes, pin, rss_bytes, run_delay, steal_seconds
 
 #: The soak's rule: nobody in ``unique`` comes near it; ``skewed``'s heavy users do.
 CAPACITY, RATE = 100.0, 10.0
@@ -115,6 +115,8 @@ def soak(bench, log, n: int, traffic: str, ghz: tuple | None = None) -> dict:
             log(f"  soak {traffic}, {n} worker(s), {protocol}: max {entry['max_rps']:,.0f} req/s (the agents handled its "
                 f"updates {drain:.1f} s after it); offering {entry['offered']:,.0f} req/s")
             broker = bench.broker_pid()
+            # on the cores the workers run on: the machine's speed as they meet it
+            stick = Yardstick(os.sched_getaffinity(workers[0].proc.pid))
             heavy = bench.prefix("heavy")  # skewed: the same users all run long (their buckets stay hot)
             started = time.monotonic()
             for i in range(max(1, math.ceil(cfg.soak_seconds / cfg.soak_window))):
@@ -124,13 +126,18 @@ def soak(bench, log, n: int, traffic: str, ghz: tuple | None = None) -> dict:
                 refused0 = [refusals(w) for w in workers] if ghz else None
                 broker0 = cpu_seconds(broker) if broker else None
                 waited0, steal0, began = [run_delay(w.proc.pid) for w in workers], steal_seconds(), time.monotonic()
-                runs = load(entry["offered"] / n, cfg.soak_window, prefix, i + 2)
+                stick.start()
+                try:
+                    runs = load(entry["offered"] / n, cfg.soak_window, prefix, i + 2)
+                finally:
+                    yardstick = stick.stop()
                 ended = time.monotonic()
                 row_wait = waiting(workers, waited0, steal0, ended - began)
                 cpu = sum(cpu_seconds(w.proc.pid) - c for w, c in zip(workers, cpu0))
                 row = sample(bench, p.app_id, workers, runs)
                 row.update(gc_window(gc0, [gc_pauses(w) for w in workers]))
                 row.update(row_wait)
+                row["yardstick_us"] = yardstick
                 if ghz:  # OVER_LIMIT is a gRPC OK to ghz: the refusals as the workers counted them
                     row["non_2xx"] = sum(refusals(w) - r for w, r in zip(workers, refused0))
                 # the workers' CPU per request: on a shared machine a steadier sign of a cost that
@@ -148,7 +155,7 @@ def soak(bench, log, n: int, traffic: str, ghz: tuple | None = None) -> dict:
                     f"{row['store_max'] / 2**20:6.1f} MiB  backlog {row['backlog']:6,} rec (merge lag p99 {_2f(row.get('merge_lag_p99'))} s)  keys cached "
                     f"{row['cached']:,} own {row['own']:,} table {row['table']}  GC {row['gc_seconds'] * 1e3:,.0f} ms "
                     f"({row['gc_full']} full, longest ≤ {_pause(row['gc_longest'])})  waiting for a core "
-                    f"{row['wait_ms_per_s']:.0f} ms/s (stolen {row['steal_pct']:.1f} %)")
+                    f"{row['wait_ms_per_s']:.0f} ms/s (stolen {row['steal_pct']:.1f} %)  yardstick {_us(yardstick)} µs")
         # from the end of the load, not from the end of the last row's sampling (a second or more)
         entry["drain_seconds"] = drain_time(bench, p.app_id, workers, cfg.drain_timeout, since=ended)
         log(f"  after the load, the agents handled the last update within {entry['drain_seconds']:.1f} s")
@@ -304,6 +311,11 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
         cpu = (last["cpu_us"] / first["cpu_us"]) if first.get("cpu_us") and last.get("cpu_us") else None
         wait = (f"{last['wait_ms_per_s']:.0f} / {first['wait_ms_per_s']:.0f} ms/s"
                 if "wait_ms_per_s" in first and "wait_ms_per_s" in last else "-")
+        # the machine's speed for the same Python work (bench.tools.Yardstick), and the workers' CPU per
+        # request measured in it: what of a rise in CPU per request is the host's
+        stick = (last["yardstick_us"] / first["yardstick_us"]
+                 if first.get("yardstick_us") and last.get("yardstick_us") else None)
+        own = cpu / stick if cpu and stick else None
         halves = half_medians(e["rows"], "p99_ms")
         drain = e.get("drain_seconds")
         out += [
@@ -324,6 +336,12 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
             # not one of #19's targets: how long the busiest loop waited for a core, last window and first; a
             # window's p99 moves with it (a machine busier in one minute than in the other)
             (f"{name}: last / first window's wait for a core (no target)", wait, None),
+            # not one of #19's targets: the same Python work's CPU, last window over first (1.0 = the machine
+            # ran Python as fast), and the workers' CPU per request divided by it (1.0 = their cost did not grow)
+            (f"{name}: last/first window yardstick, the machine's CPU for the same Python work (no target)",
+             f"{stick:.2f}" if stick else "-", None),
+            (f"{name}: last/first window CPU per request in yardstick units (no target; 1.0 = no growth)",
+             f"{own:.2f}" if own else "-", None),
             (f"{name}: no backlog: every update handled ≤ {DRAIN_TARGET:g} s after the load", _s(drain),
              None if drain is None else drain <= DRAIN_TARGET),
         ]
@@ -369,6 +387,10 @@ def _wait(row: dict) -> str:
     return f"{row['wait_ms_per_s']:.0f} ({row['steal_pct']:.1f} %)"
 
 
+def _stick(row: dict) -> str:
+    return _us(row.get("yardstick_us"))  # "-": a run from before the soak read it
+
+
 def _mib(n) -> str:
     return "-" if n is None else f"{n / 2**20:.1f}"
 
@@ -392,16 +414,19 @@ def markdown(results: dict) -> list[str]:
            "worker, as the histogram bound it fits under (a pass holds the whole event loop). Core wait: the most any "
            "worker's event loop spent runnable but waiting for a core, ms per second of the window (the scheduler's "
            "run_delay), and in brackets the share of the machine's CPU time the hypervisor gave to other guests "
-           "(steal): a request waits while its loop does.", ""]
+           "(steal): a request waits while its loop does. Yardstick: the CPU µs a fixed piece of pure-Python work "
+           "(the kind a worker does per request) took on the workers' cores during the window, median of a reading "
+           "every 0.25 s (bench.tools.Yardstick): when it rises, the host ran Python slower, and the workers' CPU per "
+           "request rises with it without any cost of theirs growing.", ""]
     for e in runs:
         through = " through RLS (ghz; req/s: calls/s; 429s: OVER_LIMIT)" if e.get("protocol") == "rls" else ""
         out += [f"### {e['workers']} worker(s), {e['traffic']} users{through}: max {e.get('max_rps', 0):,.0f} req/s, "
                 f"offered {e.get('offered', 0):,.0f} req/s; drained {_s(e.get('drain_seconds'))} after the load", "",
-                "| t (s) | req/s | CPU µs/req | broker CPU µs/req | p50 ms | p99 ms | p99 worst ms | GC ms (full passes, longest) | core wait ms/s (steal) | 429s | errors | RSS MiB | RocksDB MiB | Python blocks | store MiB | backlog | merge lag p99 s | cached | own | table |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                "| t (s) | req/s | CPU µs/req | broker CPU µs/req | p50 ms | p99 ms | p99 worst ms | GC ms (full passes, longest) | core wait ms/s (steal) | yardstick µs | 429s | errors | RSS MiB | RocksDB MiB | Python blocks | store MiB | backlog | merge lag p99 s | cached | own | table |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in e["rows"]:
             out.append(f"| {r['t']:.0f} | {r['rps']:,.0f}{' (saturated)' if r['saturated'] else ''} | "
-                       f"{_us(r.get('cpu_us'))} | {_us(r.get('broker_cpu_us'))} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {_2f(r.get('p99_worst_ms'))} | {_gc(r)} | {_wait(r)} | {r['non_2xx']:,} | {r['errors']:,} | "
+                       f"{_us(r.get('cpu_us'))} | {_us(r.get('broker_cpu_us'))} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {_2f(r.get('p99_worst_ms'))} | {_gc(r)} | {_wait(r)} | {_stick(r)} | {r['non_2xx']:,} | {r['errors']:,} | "
                        f"{r['rss_max'] / 2**20:.0f} | {_mib(r.get('rocksdb_max'))} | {_count(r.get('py_blocks_max'))} | {r['store_max'] / 2**20:.1f} | {r['backlog']:,} | "
                        f"{_2f(r.get('merge_lag_p99'))} | {r['cached']:,} | {r['own']:,} | {r['table']:,} |")
         out.append("")

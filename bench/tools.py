@@ -11,9 +11,12 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
+import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 #: Debian packages of the compiled tools the bench drives: the load generator
@@ -116,6 +119,81 @@ def steal_seconds() -> float:
     over the cores (``/proc/stat``, steal)."""
     with open("/proc/stat") as f:
         return int(f.readline().split()[8]) / _TICK
+
+
+class Yardstick:
+    """How fast this machine runs Python right now, read while a soak window's load runs.
+
+    A fixed piece of pure-Python work of the kind a worker does per request (a new
+    bytes key looked up and inserted in a full, bounded OrderedDict, the oldest key
+    evicted, a small tuple and an f-string encoded) is timed in a thread of its own
+    every ``every`` s, as that thread's CPU time: waiting for a core, or for the GIL,
+    does not count. So when the same work costs more CPU in one window than in
+    another, the host ran Python slower then (its clock, or caches and memory shared
+    with other guests), which no reading of this guest's own load shows; a worker's
+    CPU per request that rises with it is the machine's, not a cost of the worker's
+    that grows. The OrderedDict is full from the start, so the first window is not
+    the cheapest for filling it. About 1 % of a core.
+
+    It shares the cores' caches with the workers, so it compares windows of the same
+    traffic (the soak's), not runs of different traffic: a worker whose working set is
+    larger, new users against one hot user, slows the yardstick's work as well as its own.
+    """
+
+    KEYS = 50_000  # the soak's decoded cache per worker holds as many
+    ROUNDS = 2_000  # per reading: about 2-4 ms of CPU
+
+    def __init__(self, cpus: set[int] | None = None, every: float = 0.25, rounds: int = ROUNDS) -> None:
+        self.cpus = cpus
+        self.every = every
+        self.rounds = rounds
+        self._cache: OrderedDict[bytes, tuple] = OrderedDict((b"yardstick:%d" % i, (1.0, 0.0, i))
+                                                             for i in range(self.KEYS))
+        self._next = self.KEYS
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.cpu_us: list[float] = []  # CPU µs per reading, this window
+        self.wall_us: list[float] = []  # wall µs of the same readings (waits included): for the tests
+
+    def work(self) -> None:
+        """One reading's worth of the work."""
+        cache, n = self._cache, self._next
+        for i in range(n, n + self.rounds):
+            key = b"yardstick:%d" % i
+            if cache.get(key) is None:
+                if len(cache) >= self.KEYS:
+                    cache.popitem(last=False)
+                cache[key] = (1.0, float(i), i)
+            else:
+                cache.move_to_end(key)
+            f'{{"allowed": true, "remaining": {i % 100}, "reset": {i % 7}}}'.encode()
+        self._next = n + self.rounds
+
+    def start(self) -> None:
+        """Start reading (a window begins)."""
+        self.cpu_us, self.wall_us = [], []
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="yardstick", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> float | None:
+        """Stop reading (the window ended); the median CPU µs of one reading, None if none was taken."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        return statistics.median(self.cpu_us) if self.cpu_us else None
+
+    def _run(self) -> None:
+        if self.cpus:
+            os.sched_setaffinity(0, self.cpus)  # 0: this thread only (Linux)
+        while True:
+            wall, cpu = time.perf_counter_ns(), time.thread_time_ns()
+            self.work()
+            self.cpu_us.append((time.thread_time_ns() - cpu) / 1e3)
+            self.wall_us.append((time.perf_counter_ns() - wall) / 1e3)
+            if self._stop.wait(self.every):
+                return
 
 
 def dir_bytes(path: Path) -> int:

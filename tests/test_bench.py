@@ -107,6 +107,8 @@ def test_soak_smoke(broker, tmp_path):
             assert row["gc_seconds"] > 0 and row["gc_full"] >= 0 and row["gc_longest"] > 0, row
             # the loop's wait for a core and the hypervisor's steal were read from /proc
             assert row["wait_ms_per_s"] >= 0 and row["steal_pct"] >= 0, row
+            # the yardstick read the machine's speed during the window
+            assert row["yardstick_us"] > 0, row
         assert e["drain_seconds"] is not None
     # the skewed mix's heavy users meet the soak's rule (C = 100, R = 10/s); new users never do
     assert all(r["non_2xx"] == 0 for e in soak if e["traffic"] == "unique" for r in e["rows"])
@@ -116,5 +118,6 @@ def test_soak_smoke(broker, tmp_path):
     md = (out / "results.md").read_text()
     assert "## Soak: minutes of fixed load" in md and md.count("| t (s) | req/s |") == 4
     assert md.count("| p99 ms | p99 worst ms |") == 4
-    assert md.count("| GC ms (full passes, longest) | core wait ms/s (steal) |") == 4 and md.count("| merge lag p99 s |") == 4
+    assert md.count("| GC ms (full passes, longest) | core wait ms/s (steal) | yardstick µs |") == 4
+    assert md.count("| merge lag p99 s |") == 4
     assert md.count("RSS growth over the last half") == 4

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import statistics
 import subprocess
 import sys
 import time
 
 from bench import soak
-from bench.tools import pin, run_delay
+from bench.tools import Yardstick, pin, run_delay
 
 SPIN = [sys.executable, "-c", "while True: pass"]
 INTERVAL = 0.6
@@ -54,3 +55,27 @@ def test_a_sleeping_process_waits_for_no_core():
     finally:
         p.kill()
         p.wait()
+
+
+def test_the_yardstick_reads_the_cpu_its_work_took_not_the_wait_for_a_core():
+    """Beside two spinners on its core the yardstick's work runs a third of the time: its wall time
+    triples, the CPU it took does not (a reading of wall time would say the machine got slower).
+    Readings longer than the scheduler's slices here, so that each one is cut into turns."""
+    alone = Yardstick({0}, every=0.02, rounds=20 * Yardstick.ROUNDS)
+    alone.start()
+    time.sleep(INTERVAL)  # the interval measured, not a wait for an event
+    alone.stop()
+    shared = Yardstick({0}, every=0.02, rounds=20 * Yardstick.ROUNDS)
+    busy = spinners(2)
+    try:
+        shared.start()
+        time.sleep(INTERVAL * 2)
+        shared.stop()
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
+    wall = statistics.median(shared.wall_us) / statistics.median(alone.wall_us)
+    cpu = statistics.median(shared.cpu_us) / statistics.median(alone.cpu_us)
+    assert wall > 1.8, (wall, shared.wall_us, alone.wall_us)  # it did wait for the core
+    assert cpu < 1.4, (cpu, shared.cpu_us, alone.cpu_us)

@@ -1,4 +1,5 @@
-"""The soak's report tells a trend in p99 from one slow window (``bench.soak``), on windows made here."""
+"""The soak's report tells a trend from one slow window, and the workers' costs from the machine's speed
+(``bench.soak``), on windows made here."""
 
 from __future__ import annotations
 
@@ -34,3 +35,16 @@ def test_the_wait_for_a_core_stands_beside_the_p99_of_the_same_windows():
     rows = [dict(row(5), wait_ms_per_s=150.0), dict(row(6), wait_ms_per_s=90.0), dict(row(9), wait_ms_per_s=260.4)]
     assert target(rows, "wait for a core") == "260 / 150 ms/s"
     assert target([row(5), row(9)], "wait for a core") == "-"  # a run from before it was measured
+
+
+def test_a_rise_in_cpu_per_request_that_the_yardstick_shares_is_the_machines():
+    # the last window: 30 % more CPU per request, and the same Python work took 30 % more CPU too
+    rows = [dict(row(5), cpu_us=100.0, yardstick_us=2000.0), dict(row(9), cpu_us=130.0, yardstick_us=2600.0)]
+    assert target(rows, "CPU per request (no target") == "1.30"
+    assert target(rows, "yardstick, the machine's CPU") == "1.30"
+    assert target(rows, "CPU per request in yardstick units") == "1.00"
+    # the workers' own cost grew: the yardstick did not move
+    rows[1]["yardstick_us"] = 2000.0
+    assert target(rows, "CPU per request in yardstick units") == "1.30"
+    assert target([row(5), row(9)], "yardstick units") == "-"  # a run from before it was read
+
