@@ -5,7 +5,7 @@ workers and skewed traffic, while Python's objects and RocksDB's memory stayed f
 glibc keeps the chunks freed inside its heaps (RocksDB's threads, the Kafka client
 and Python allocate and free there) and gives back only a heap's top by itself;
 ``malloc_trim(0)`` also releases every whole free page inside them
-(docs/performance.md, "What the creeping RSS is"). With another C library there is
+(docs/performance-journal.md, "What the creeping RSS is"). With another C library there is
 no such call, and nothing is done.
 """
 

@@ -102,7 +102,7 @@ class Holds:
         # (``refilled``) stops at the first entry still refilling: O(what it removes).
         # An OrderedDict, not a dict: the sweep removes from the front, and a dict's walk
         # to its first entry passes every slot removed there since it last resized, so
-        # each slice of the sweep cost more the longer the worker ran (docs/performance.md).
+        # each slice of the sweep cost more the longer the worker ran (docs/performance-journal.md).
         # Plain tuples of floats, which the garbage collector stops tracking: a worker
         # holds one per user seen lately, and objects it tracks would make every full
         # pass (a stall of the whole loop) walk them all.

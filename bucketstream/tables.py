@@ -103,7 +103,7 @@ def register(app: faust.App, worker: Worker) -> faust.Table:
     async def count_keys(partitions: Iterable[int]) -> int:
         """The keys stored in ``partitions``, counted a slice at a time: walking a table of a
         million keys takes about half a second, which in one callback (Faust's ``len(table)``)
-        stalled every request behind it (docs/performance.md)."""
+        stalled every request behind it (docs/performance-journal.md)."""
         n = 0
         for partition in partitions:
             for _ in patches.partition_keys(table, partition):
