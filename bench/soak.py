@@ -416,8 +416,8 @@ def markdown(results: dict) -> list[str]:
            "run_delay), and in brackets the share of the machine's CPU time the hypervisor gave to other guests "
            "(steal): a request waits while its loop does. Yardstick: the CPU µs a fixed piece of pure-Python work "
            "(the kind a worker does per request) took on the workers' cores during the window, median of a reading "
-           "every 0.25 s (bench.tools.Yardstick): when it rises, the host ran Python slower, and the workers' CPU per "
-           "request rises with it without any cost of theirs growing.", ""]
+           "every 0.25 s (bench.tools.Yardstick): when it rises, the host ran Python slower, and a rise of the workers' CPU "
+           "per request that it shares is the host's, not a cost of theirs that grows.", ""]
     for e in runs:
         through = " through RLS (ghz; req/s: calls/s; 429s: OVER_LIMIT)" if e.get("protocol") == "rls" else ""
         out += [f"### {e['workers']} worker(s), {e['traffic']} users{through}: max {e.get('max_rps', 0):,.0f} req/s, "
