@@ -32,6 +32,7 @@ from pathlib import Path
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError
 
 from tests.cluster import ROOT, Broker, WorkerPool, free_port_pair, wait_until
 from tests.helpers import Load
@@ -189,6 +190,49 @@ class KafkaCluster:
     def log_tails(self, n: int = 20) -> str:
         return "\n".join(f"--- kafka node {node.node_id} ({node.state_dir}) ---\n{node.log_tail(n)}" for node in self.nodes)
 
+
+
+class LeaderWatch:
+    """When the leader of one partition moves off a node, as the cluster's metadata says.
+
+    Polled from the test process through an admin client that bootstraps from every
+    node, so it reads Kafka's own view (the controller's fencing and election as the
+    live brokers publish it), never anything a worker under test reports.
+    """
+
+    POLL = 0.2
+
+    def __init__(self, cluster: KafkaCluster, topic: str, partition: int, away_from: int, clock):
+        self.cluster, self.topic, self.partition, self.away_from = cluster, topic, partition, away_from
+        self.clock = clock  # the test's time axis, e.g. a load's elapsed()
+        self.moved_at: float | None = None
+        self.new_leader: int | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> "LeaderWatch":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._done.is_set():
+            try:
+                leader = self.cluster.topics([self.topic])[self.topic][self.partition]["leader"]
+            except (KafkaError, OSError, KeyError, asyncio.TimeoutError):
+                leader = None  # no live node answered this round
+            if leader is not None and leader >= 0 and leader != self.away_from:
+                self.moved_at, self.new_leader = self.clock(), leader
+                self._done.set()
+                return
+            self._done.wait(self.POLL)
+
+    def wait(self, timeout: float) -> float:
+        """The clock's reading when the leader had moved; fails the test if it never did."""
+        self._thread.join(timeout)
+        self._done.set()
+        assert self.moved_at is not None, (f"{self.topic}[{self.partition}] still led by node {self.away_from} "
+                                           f"after {timeout:.0f} s: the cluster never moved it")
+        return self.moved_at
 
 @pytest.fixture(scope="module")
 def kafka_cluster(request):

@@ -8,8 +8,9 @@ those of test_distributed.py (tests/helpers.py):
     admitted(0, t] <= C + R*t + (N-1)*(C + R*d),   admitted >= 0.95 * (C + R*t)
 with N the most workers alive at once and d stated by each test: the 100 ms
 target plus a flush interval, plus what the test's fault is known to add (a
-killed broker: the brokers' fencing timeout and a controller election), never
-the delay the workers under test measured. "The table counts every 200" is read
+killed broker: the brokers' fencing timeout, or the partition's move as Kafka's
+metadata shows it if that took longer, and a controller election), never the
+delay the workers under test measured. "The table counts every 200" is read
 from the table's changelog topic in Kafka.
 """
 
@@ -23,7 +24,7 @@ import time
 import pytest
 
 from tests.cluster import Worker, wait_until
-from tests.cluster_fixtures import CONTROLLER_FAILOVER, DynamicLoad, broker_session_timeout
+from tests.cluster_fixtures import CONTROLLER_FAILOVER, DynamicLoad, LeaderWatch, broker_session_timeout
 from tests.cluster_fixtures import kafka_cluster, pool  # noqa: F401  (fixtures)
 from tests.helpers import (C, R, bound, bucket_key, check_bound, check_upper_bound, flush_interval_of,
                            measured_delay, stated_delay, table_consumed)
@@ -187,8 +188,10 @@ def test_a_broker_killed_during_load_loses_nothing(pool, kafka_cluster):
     killed_roles = "+".join(role for role, node in roles.items() if node == victim_id)
     with DynamicLoad(workers, key, rate=10 * R, duration=26) as load:
         time.sleep(5)
+        watch = LeaderWatch(kafka_cluster, updates, partition, away_from=victim_id, clock=load.elapsed)
         victim.kill9()
         killed_at = load.elapsed()
+        watch.start()
         time.sleep(8)
         t0 = time.monotonic()
         victim.start()
@@ -209,13 +212,18 @@ def test_a_broker_killed_during_load_loses_nothing(pool, kafka_cluster):
     # d of this fault: until the dead node is fenced (and leaves every ISR, and its partitions get
     # new leaders) no acks=all write is taken and no high watermark moves, so nobody sees anybody's
     # spending; then the clients find the new leaders. A killed active controller is replaced first.
-    fault = broker_session_timeout() + CLIENT_FAILOVER
-    if victim_id == roles["controller"]:
-        fault += CONTROLLER_FAILOVER
+    # The fencing is Kafka's, and on this loaded two-core machine its controller has taken longer
+    # than the session timeout (a run whose partition stayed on the dead leader for the whole 8 s
+    # outage): so d counts Kafka's move of the partition as its metadata shows it, never less than
+    # the configured timeout. The workers' part, CLIENT_FAILOVER, stays stated.
+    moved_in = watch.wait(60) - killed_at
+    kafka_stated = broker_session_timeout() + (CONTROLLER_FAILOVER if victim_id == roles["controller"] else 0.0)
+    fault = max(kafka_stated, moved_in) + CLIENT_FAILOVER
     d = stated_delay(flush_interval_of(pool), fault=fault)
     measured_ms = round(max(load.delay_p99, measured_delay(workers)[1]) * 1000)
     report("broker kill -9", load, 3, d, killed_node=victim_id, roles=killed_roles,
-           killed_at_s=round(killed_at, 1), restart_s=round(restarted_in, 1), table_counts_all_after_s=round(counted, 2),
+           killed_at_s=round(killed_at, 1), leader_moved_after_s=round(moved_in, 2),
+           new_leader=watch.new_leader, restart_s=round(restarted_in, 1), table_counts_all_after_s=round(counted, 2),
            by_worker=result.by_worker, measured_p99_ms=measured_ms)
     assert not load.failures, f"non-200/429 answers (seconds, port, status): {load.failures}"
     # the upper bound only: the issue asks for no loss here, not for the 95 % floor
