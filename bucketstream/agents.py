@@ -284,6 +284,11 @@ class Agents:
         self._sweep_tick = 0  # runs of the expiry sweep: which slice of the partitions it reads
         #: glibc's malloc_trim (bucketstream.heap); None when off or not there
         self._trim = heap.trimmer() if settings.heap_trim_interval else None
+        threshold = settings.heap_mmap_threshold_kb << 10
+        if threshold and not heap.set_mmap_threshold(threshold):
+            log.info("this C library has no mallopt: BUCKETSTREAM_HEAP_MMAP_THRESHOLD_KB has no effect")
+            threshold = 0
+        metrics.HEAP_MMAP_THRESHOLD.set(threshold)
 
     def _producer(self, role: str) -> AIOKafkaProducer:
         """A dedicated producer: ``acks=all``, sends at once, gives up a batch after PUBLISH_TIMEOUT_MS."""

@@ -87,6 +87,9 @@ DEFERRED = Gauge("bucketstream_admissions_deferred", "Admissions this worker pub
                  "read at scrape time)", registry=REGISTRY)
 HEAP_TRIMS = Counter("bucketstream_heap_trims", "Returns of the C allocator's free memory to the system "
                      "(BUCKETSTREAM_HEAP_TRIM_INTERVAL), by whether any was released", ["released"], registry=REGISTRY)
+HEAP_MMAP_THRESHOLD = Gauge("bucketstream_heap_mmap_threshold_bytes", "The C allocator's fixed mmap threshold "
+                            "(BUCKETSTREAM_HEAP_MMAP_THRESHOLD_KB): blocks this large or larger are returned to the "
+                            "system when freed; 0: the allocator's own, which rises by itself", registry=REGISTRY)
 READY = Gauge("bucketstream_ready", "1 once the table replicas are recovered and the worker decides", registry=REGISTRY)
 
 

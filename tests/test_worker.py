@@ -159,3 +159,17 @@ def test_a_worker_gives_the_allocators_free_memory_back_on_its_timer(pool):
     before = _heap_trims(trimming)
     wait_until(lambda: _heap_trims(trimming) >= before + 3, timeout=30, what="three more heap trims")
     assert _heap_trims(off) == 0
+
+
+def _mmap_threshold(w) -> float:
+    _, _, body = w.request("GET", "/metrics")
+    return next(float(line.rsplit(" ", 1)[1]) for line in body.decode().splitlines()
+                if line.startswith("bucketstream_heap_mmap_threshold_bytes "))
+
+
+def test_a_worker_fixes_the_allocators_mmap_threshold_it_is_given_and_leaves_it_with_0(pool):
+    """BUCKETSTREAM_HEAP_MMAP_THRESHOLD_KB reaches glibc's mallopt in a real worker (the gauge is set from
+    what glibc accepted); 0 leaves glibc's own. What it does is tests/test_heap.py's."""
+    fixed, own = pool.start(1, heap_mmap_threshold_kb=256) + pool.start(1, heap_mmap_threshold_kb=0)
+    assert _mmap_threshold(fixed) == 256 * 1024
+    assert _mmap_threshold(own) == 0

@@ -272,6 +272,16 @@ def test_a_negative_heap_trim_interval_stops_the_start_naming_the_setting():
     assert load({"heap_trim_interval": 0}).heap_trim_interval == 0
 
 
+def test_an_mmap_threshold_glibc_would_refuse_stops_the_start_naming_the_setting():
+    from bucketstream.settings import ConfigError, load
+
+    with pytest.raises(ConfigError, match="BUCKETSTREAM_HEAP_MMAP_THRESHOLD_KB: .*less than or equal to 32768"):
+        load({"heap_mmap_threshold_kb": 32769})
+    with pytest.raises(ConfigError, match="BUCKETSTREAM_HEAP_MMAP_THRESHOLD_KB: .*greater than or equal to 0"):
+        load({"heap_mmap_threshold_kb": -1})
+    assert load({"heap_mmap_threshold_kb": 0}).heap_mmap_threshold_kb == 0
+
+
 def test_no_shared_memtable_budget_when_it_is_set_to_zero(tmp_path):
     from bucketstream import patches
     from bucketstream.app import create_app
