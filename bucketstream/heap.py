@@ -38,10 +38,10 @@ def trimmer() -> Callable[[], bool] | None:
     return lambda: trim(0) == 1
 
 
-#: malloc.h: mallopt's parameter for the mmap threshold.
+#: malloc.h: mallopt's parameter for the mmap threshold. The setting stops at 32 MiB, as high as
+#: glibc's own threshold rises on a 64-bit machine (DEFAULT_MMAP_THRESHOLD_MAX): a fixed one above
+#: it would keep more in the heaps than glibc does by itself.
 M_MMAP_THRESHOLD = -3
-#: malloc.h: the largest threshold glibc accepts on a 64-bit machine (DEFAULT_MMAP_THRESHOLD_MAX).
-MMAP_THRESHOLD_MAX = 32 << 20
 
 
 def set_mmap_threshold(nbytes: int) -> bool:

@@ -191,7 +191,6 @@ class KafkaCluster:
         return "\n".join(f"--- kafka node {node.node_id} ({node.state_dir}) ---\n{node.log_tail(n)}" for node in self.nodes)
 
 
-
 class LeaderWatch:
     """When the leader of one partition moves off a node, as the cluster's metadata says.
 
@@ -233,6 +232,7 @@ class LeaderWatch:
         assert self.moved_at is not None, (f"{self.topic}[{self.partition}] still led by node {self.away_from} "
                                            f"after {timeout:.0f} s: the cluster never moved it")
         return self.moved_at
+
 
 @pytest.fixture(scope="module")
 def kafka_cluster(request):
