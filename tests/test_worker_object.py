@@ -272,7 +272,7 @@ def test_a_negative_heap_trim_interval_stops_the_start_naming_the_setting():
     assert load({"heap_trim_interval": 0}).heap_trim_interval == 0
 
 
-def test_an_mmap_threshold_glibc_would_refuse_stops_the_start_naming_the_setting():
+def test_an_mmap_threshold_out_of_its_range_stops_the_start_naming_the_setting():
     from bucketstream.settings import ConfigError, load
 
     with pytest.raises(ConfigError, match="BUCKETSTREAM_HEAP_MMAP_THRESHOLD_KB: .*less than or equal to 32768"):
