@@ -47,4 +47,3 @@ def test_a_rise_in_cpu_per_request_that_the_yardstick_shares_is_the_machines():
     rows[1]["yardstick_us"] = 2000.0
     assert target(rows, "CPU per request in yardstick units") == "1.30"
     assert target([row(5), row(9)], "yardstick units") == "-"  # a run from before it was read
-
