@@ -91,6 +91,9 @@ class Config:
     soak_traffic: tuple[str, ...] = ("unique", "skewed")
     # http: POST /protected (wrk); rls: Envoy's ShouldRateLimit (ghz), the gRPC surface's own path
     soak_protocol: tuple[str, ...] = ("http",)
+    # first, the same load against the bare aiohttp handler (bench.soak.control): how much a window's
+    # p99 moves when the server's work does not
+    soak_control: bool = True
     worker_settings: dict = field(default_factory=dict)  # --worker-setting: for every worker started
     scaleout_rate: float = 800.0  # req/s offered to the one loaded worker of the scale-out phase
     scaleout_seconds: float = 15.0
@@ -765,7 +768,7 @@ class Bench:
         log(f"load average at start: {self.results['meta']['load_start']}")
         try:
             need_broker = any(ph in cfg.phases for ph in ("worker", "rls", "limits", "replication", "scaleout",
-                                                          "recovery", "soak"))
+                                                          "recovery")) or ("soak" in cfg.phases and cfg.soak_workers)
             if need_broker and cfg.smoke:
                 # timing does not matter in a smoke run: start the broker while phases 1-2 run
                 self._broker_future = concurrent.futures.ThreadPoolExecutor(1).submit(self.start_broker)
@@ -971,6 +974,10 @@ def parse(argv: list[str] | None) -> Config:
     ap.add_argument("--soak-traffic", help="comma-separated traffic kinds of the soak runs (default unique,skewed)")
     ap.add_argument("--soak-protocol", help="comma-separated surfaces the soak drives: http (POST /protected, "
                                             "wrk), rls (Envoy's ShouldRateLimit, ghz) (default http)")
+    ap.add_argument("--no-soak-control", action="store_true",
+                    help="skip the soak's control run (the bare aiohttp handler under the same load, first)")
+    ap.add_argument("--soak-control-only", action="store_true",
+                    help="of the soak phase, run only its control run")
     ap.add_argument("--scaleout-rate", type=float, help="req/s offered to the loaded worker of the scale-out "
                                                         "phase (default 800)")
     ap.add_argument("--scaleout-seconds", type=float, help="seconds per scale-out run (default 15; smoke 1)")
@@ -1016,6 +1023,11 @@ def parse(argv: list[str] | None) -> Config:
         if unknown:
             ap.error(f"unknown phases: {', '.join(sorted(unknown))}")
         cfg.phases = wanted
+    if a.no_soak_control and a.soak_control_only:
+        ap.error("--no-soak-control and --soak-control-only contradict each other")
+    cfg.soak_control = not a.no_soak_control
+    if a.soak_control_only:
+        cfg.soak_workers = ()
     cfg.pin = not a.no_pin
     if a.no_profile:
         cfg.profile = False

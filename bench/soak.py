@@ -36,7 +36,7 @@ import re
 import statistics
 import time
 
-from bench.tools import Yardstick, cpu_seconds, dir_bytes, pin, rss_bytes, run_delay, steal_seconds
+from bench.tools import Yardstick, cpu_seconds, dir_bytes, pin, python, rss_bytes, run_delay, steal_seconds, wait_http
 
 #: The soak's rule: nobody in ``unique`` comes near it; ``skewed``'s heavy users do.
 CAPACITY, RATE = 100.0, 10.0
@@ -53,9 +53,12 @@ DRAIN_TARGET = 0.5
 def phase(bench, log) -> None:
     cfg = bench.cfg
     log(f"soak: {cfg.soak_seconds:g} s of each traffic kind at {cfg.soak_fraction:g} x its max load, "
-        f"with {' then '.join(map(str, cfg.soak_workers))} worker(s), a row every {cfg.soak_window:g} s, "
-        f"through {' then '.join(cfg.soak_protocol)}")
+        + ("the bare handler first, then " if cfg.soak_control else "")
+        + (f"{' then '.join(map(str, cfg.soak_workers))} worker(s)" if cfg.soak_workers else "no worker")
+        + f", a row every {cfg.soak_window:g} s, through {' then '.join(cfg.soak_protocol)}")
     runs = bench.results.setdefault("soak", [])
+    if cfg.soak_control:
+        bench.results["soak_control"] = control(bench, log)
     for protocol in cfg.soak_protocol:
         ghz = None
         if protocol == "rls":
@@ -161,6 +164,50 @@ def soak(bench, log, n: int, traffic: str, ghz: tuple | None = None) -> dict:
         log(f"  after the load, the agents handled the last update within {entry['drain_seconds']:.1f} s")
     finally:
         bench.stop_pool(p)
+    return entry
+
+
+def control(bench, log) -> dict:
+    """The soak's load against a server whose work never changes: the bare aiohttp handler
+    (``bench.servers ceiling``), alone on the core a single worker gets, calibrated and offered
+    the same share of its own max, new users, windows as long. It keeps nothing per user, so
+    nothing in it can grow: how much its p99 moves from one window to the next is what the
+    harness and the machine do to a window's p99 by themselves. No target; reported beside the
+    workers' runs, whose p99 ratio is judged against a fixed 1.2, not against this."""
+    from tests.cluster import free_port
+
+    cfg = bench.cfg
+    port = free_port()
+    proc = bench.procs.start("soak-control", [python(), "-m", "bench.servers", "ceiling", "--port", str(port)],
+                             bench.raw / "soak-control.log", cpus=bench.server_cpus)
+    entry: dict = {"server": "bare aiohttp handler", "traffic": "unique", "window": cfg.soak_window, "rows": []}
+    try:
+        wait_http(port, "/healthz", 30, proc)
+        entry["max_rps"] = bench.wrk(port, "soak control", "unique", cfg.soak_calibrate, 0.0, False).rps
+        entry["offered"] = cfg.soak_fraction * entry["max_rps"]
+        log(f"  soak control, the bare handler: max {entry['max_rps']:,.0f} req/s; offering {entry['offered']:,.0f} req/s")
+        stick = Yardstick(os.sched_getaffinity(proc.pid))
+        started = time.monotonic()
+        for i in range(max(1, math.ceil(cfg.soak_seconds / cfg.soak_window))):
+            cpu0, waited0, steal0, began = cpu_seconds(proc.pid), run_delay(proc.pid), steal_seconds(), time.monotonic()
+            stick.start()
+            try:
+                run = bench.wrk(port, "soak control", "unique", cfg.soak_window, entry["offered"], False,
+                                prefix=bench.prefix("ctl"), seed=i + 2)
+            finally:
+                yardstick = stick.stop()
+            waited, stolen, seconds = run_delay(proc.pid) - waited0, steal_seconds() - steal0, time.monotonic() - began
+            row = {"t": time.monotonic() - started, "rps": run.rps, "requests": run.requests,
+                   "saturated": run.saturated, "errors": run.errors, "p50_ms": run.p50_ms, "p99_ms": run.p99_ms,
+                   "cpu_us": 1e6 * (cpu_seconds(proc.pid) - cpu0) / run.requests if run.requests else None,
+                   "wait_ms_per_s": 1e3 * waited / seconds,
+                   "steal_pct": 100 * stolen / (seconds * (os.cpu_count() or 1)), "yardstick_us": yardstick}
+            entry["rows"].append(row)
+            log(f"  {row['t']:5.0f}s {row['rps']:8,.0f} req/s  CPU {_us(row['cpu_us'])} µs/req  p50 "
+                f"{row['p50_ms']:6.2f} ms  p99 {row['p99_ms']:7.2f} ms  waiting for a core {row['wait_ms_per_s']:.0f} "
+                f"ms/s (stolen {row['steal_pct']:.1f} %)  yardstick {_us(yardstick)} µs")
+    finally:
+        bench.procs.stop(proc)
     return entry
 
 
@@ -298,6 +345,20 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
     """#19's targets per soak run: last window's throughput ≥ 0.95 × the first's, its p99 ≤ 1.2 ×,
     RSS growth over the last half < 5 %, no backlog at the end beyond the commit and flush intervals."""
     out = []
+    c = results.get("soak_control")
+    if c and len(c["rows"]) >= 2:
+        first, last = c["rows"][0], c["rows"][-1]
+        name = f"soak control ({c['server']}, {c['traffic']} users)"
+        p99 = last["p99_ms"] / first["p99_ms"] if first["p99_ms"] else None
+        halves = half_medians(c["rows"], "p99_ms")
+        out += [
+            # not one of #19's targets: the same ratio for a server that keeps nothing, the same run;
+            # what the harness and the machine alone do to it
+            (f"{name}: last/first window p99 (no target; the machine and the harness alone)",
+             f"{p99:.2f}" if p99 else "-", None),
+            (f"{name}: last/first half's median window p99 (no target)", f"{halves:.2f}" if halves else "-", None),
+            (f"{name}: largest / smallest window p99 (no target)", _spread(c["rows"]), None),
+        ]
     for e in results.get("soak", []):
         h = _halves(e)
         if h is None:
@@ -330,6 +391,8 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
             # a shared machine's scheduling)
             (f"{name}: last/first half's median window p99 (no target; 1.0 = no trend)",
              f"{halves:.2f}" if halves else "-", None),
+            # not one of #19's targets: how far a window's p99 moves in this run, beside the control's
+            (f"{name}: largest / smallest window p99 (no target)", _spread(e["rows"]), None),
             # not one of #19's targets: the cost per request, the same last as first if nothing grows
             (f"{name}: last/first window CPU per request (no target; 1.0 = no growth)",
              f"{cpu:.2f}" if cpu else "-", None),
@@ -346,6 +409,11 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
              None if drain is None else drain <= DRAIN_TARGET),
         ]
     return out
+
+
+def _spread(rows: list[dict]) -> str:
+    p99s = [r["p99_ms"] for r in rows if r["p99_ms"]]
+    return f"{max(p99s) / min(p99s):.2f}" if p99s else "-"
 
 
 def half_medians(rows: list[dict], column: str) -> float | None:
@@ -397,7 +465,7 @@ def _mib(n) -> str:
 
 def markdown(results: dict) -> list[str]:
     runs = results.get("soak") or []
-    if not runs:
+    if not runs and not results.get("soak_control"):
         return []
     out = ["## Soak: minutes of fixed load, a row per window", "",
            f"Rule C = {CAPACITY:g}, R = {RATE:g}/s; buckets expire {EXPIRE_AFTER:g} s after they are full and idle "
@@ -418,6 +486,20 @@ def markdown(results: dict) -> list[str]:
            "(the kind a worker does per request) took on the workers' cores during the window, median of a reading "
            "every 0.25 s (bench.tools.Yardstick): when it rises, the host ran Python slower, and a rise of the workers' CPU "
            "per request that it shares is the host's, not a cost of theirs that grows.", ""]
+    c = results.get("soak_control")
+    if c:
+        out += [f"### Control: the {c['server']} (bench.servers ceiling), {c['traffic']} users: max "
+                f"{c.get('max_rps', 0):,.0f} req/s, offered {c.get('offered', 0):,.0f} req/s", "",
+                "The same harness and share of its own max as the runs below, on the core one worker gets, against "
+                "a server that keeps nothing per request: its windows differ only by the machine and the load "
+                "generator. p99: wrk's own for the window.", "",
+                "| t (s) | req/s | CPU µs/req | p50 ms | p99 ms | core wait ms/s (steal) | yardstick µs | errors |",
+                "|---|---|---|---|---|---|---|---|"]
+        for r in c["rows"]:
+            out.append(f"| {r['t']:.0f} | {r['rps']:,.0f}{' (saturated)' if r['saturated'] else ''} | "
+                       f"{_us(r.get('cpu_us'))} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {_wait(r)} | {_stick(r)} | "
+                       f"{r['errors']:,} |")
+        out.append("")
     for e in runs:
         through = " through RLS (ghz; req/s: calls/s; 429s: OVER_LIMIT)" if e.get("protocol") == "rls" else ""
         out += [f"### {e['workers']} worker(s), {e['traffic']} users{through}: max {e.get('max_rps', 0):,.0f} req/s, "

@@ -47,3 +47,33 @@ def test_a_rise_in_cpu_per_request_that_the_yardstick_shares_is_the_machines():
     rows[1]["yardstick_us"] = 2000.0
     assert target(rows, "CPU per request in yardstick units") == "1.30"
     assert target([row(5), row(9)], "yardstick units") == "-"  # a run from before it was read
+
+
+def control(p99s: list[float]) -> dict:
+    rows = [{"t": 60.0 * (i + 1), "rps": 1000.0, "saturated": False, "errors": 0, "p50_ms": 0.4, "p99_ms": p99,
+             "cpu_us": 40.0, "wait_ms_per_s": 3.0, "steal_pct": 0.0, "yardstick_us": 2000.0}
+            for i, p99 in enumerate(p99s)]
+    return {"server": "bare aiohttp handler", "traffic": "unique", "window": 60.0, "max_rps": 3000.0,
+            "offered": 1000.0, "rows": rows}
+
+
+def test_the_control_run_is_reported_beside_the_workers_with_no_target():
+    results = {"soak": [], "soak_control": control([2.0, 3.1, 2.2, 1.9, 2.6])}
+    rows = {label: (value, met) for label, value, met in soak.targets(results)}
+    assert rows["soak control (bare aiohttp handler, unique users): last/first window p99 (no target; the machine "
+                "and the harness alone)"] == ("1.30", None)
+    assert rows["soak control (bare aiohttp handler, unique users): largest / smallest window p99 (no target)"] == (
+        "1.63", None)  # 3.1 / 1.9
+    md = "\n".join(soak.markdown(results))
+    assert "### Control: the bare aiohttp handler" in md and "| 120 | 1,000 | 40 | 0.40 | 3.10 | 3 (0.0 %) |" in md
+
+
+def test_a_soak_without_its_control_run_reports_none():
+    entry = {"workers": 1, "traffic": "unique", "protocol": "http", "rows": [row(5), row(6)], "drain_seconds": 0.1}
+    assert not any("control" in label for label, _, _ in soak.targets({"soak": [entry]}))
+    assert soak.markdown({"soak": []}) == []  # a run of other phases: no soak section at all
+
+
+def test_each_run_says_how_far_its_windows_p99_moved_as_the_control_does():
+    rows = [row(x) for x in (4.0, 2.5, 5.0, 3.0)]
+    assert target(rows, "largest / smallest window p99") == "2.00"
