@@ -14,7 +14,8 @@ Phases, in order (each starts and stops its own processes):
    worker's time from process start to ``/readyz`` 200.
 6. ``soak``: minutes of fixed load, one worker then three, new users and a
    skewed mix, with buckets expiring during the run: a row per minute
-   (``bench.soak``).
+   (``bench.soak``); first, its control: the bare handler of phase 1 under the
+   same harness, to read the workers' minute-to-minute p99 against.
 
 Every server under test is pinned to one core, and wrk (one thread), the
 Kafka broker and redis-server to the other (``--no-pin`` turns that off), so

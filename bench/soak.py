@@ -23,6 +23,10 @@ every request; ``skewed``: a few heavy users and a long tail of light ones,
    counts every record an agent handled, whatever the result);
 4. once the load stops, how long until the agents have handled everything.
 
+Before those runs, a control (``control``): the same harness against the bare
+aiohttp handler, whose windows can differ only by the machine and the load
+generator.
+
 No assertion on speed anywhere: ``targets`` says what was met.
 """
 
