@@ -139,7 +139,7 @@ def soak(bench, log, n: int, traffic: str, ghz: tuple | None = None) -> dict:
                 finally:
                     yardstick = stick.stop()
                 ended = time.monotonic()
-                row_wait = waiting(workers, waited0, steal0, ended - began)
+                row_wait = waiting([w.proc.pid for w in workers], waited0, steal0, ended - began)
                 cpu = sum(cpu_seconds(w.proc.pid) - c for w, c in zip(workers, cpu0))
                 row = sample(bench, p.app_id, workers, runs)
                 row.update(gc_window(gc0, [gc_pauses(w) for w in workers]))
@@ -200,12 +200,10 @@ def control(bench, log) -> dict:
                                 prefix=bench.prefix("ctl"), seed=i + 2)
             finally:
                 yardstick = stick.stop()
-            waited, stolen, seconds = run_delay(proc.pid) - waited0, steal_seconds() - steal0, time.monotonic() - began
             row = {"t": time.monotonic() - started, "rps": run.rps, "requests": run.requests,
                    "saturated": run.saturated, "errors": run.errors, "p50_ms": run.p50_ms, "p99_ms": run.p99_ms,
                    "cpu_us": 1e6 * (cpu_seconds(proc.pid) - cpu0) / run.requests if run.requests else None,
-                   "wait_ms_per_s": 1e3 * waited / seconds,
-                   "steal_pct": 100 * stolen / (seconds * (os.cpu_count() or 1)), "yardstick_us": yardstick}
+                   **waiting([proc.pid], [waited0], steal0, time.monotonic() - began), "yardstick_us": yardstick}
             entry["rows"].append(row)
             log(f"  {row['t']:5.0f}s {row['rps']:8,.0f} req/s  CPU {_us(row['cpu_us'])} µs/req  p50 "
                 f"{row['p50_ms']:6.2f} ms  p99 {row['p99_ms']:7.2f} ms  waiting for a core {row['wait_ms_per_s']:.0f} "
@@ -308,13 +306,13 @@ def gc_window(before: list[dict], after: list[dict]) -> dict:
             "gc_full": after[worst]["full"] - before[worst]["full"], "gc_longest": longest}
 
 
-def waiting(workers, waited0: list[float], steal0: float, seconds: float) -> dict:
-    """The window's waits for a core: the most any worker's event loop spent runnable but not running,
-    in ms per second of the window, and the share of the machine's CPU time the hypervisor gave to other
-    guests. A request that arrives while its worker's loop waits for a core waits with it: a window whose
-    p99 stands out with these up is one in which the loops waited for the cores, not one in which a
-    worker stalled on its own."""
-    waited = max(run_delay(w.proc.pid) - d for w, d in zip(workers, waited0))
+def waiting(pids: list[int], waited0: list[float], steal0: float, seconds: float) -> dict:
+    """The window's waits for a core: the most any of ``pids`` (the workers, or the control's
+    server) spent runnable but not running, in ms per second of the window, and the share of the
+    machine's CPU time the hypervisor gave to other guests. A request that arrives while its
+    worker's loop waits for a core waits with it: a window whose p99 stands out with these up is
+    one in which the loops waited for the cores, not one in which a worker stalled on its own."""
+    waited = max(run_delay(pid) - d for pid, d in zip(pids, waited0))
     stolen = steal_seconds() - steal0
     return {"wait_ms_per_s": 1e3 * waited / seconds if seconds > 0 else 0.0,
             "steal_pct": 100 * stolen / (seconds * (os.cpu_count() or 1)) if seconds > 0 else 0.0}

@@ -21,11 +21,6 @@ def spinners(n: int) -> list[subprocess.Popen]:
     return procs
 
 
-class Worker:  # what ``soak.waiting`` reads of a worker: its process
-    def __init__(self, proc: subprocess.Popen) -> None:
-        self.proc = proc
-
-
 def test_a_process_that_shares_its_core_with_a_busy_one_is_seen_waiting_for_it():
     alone, shared = spinners(1), spinners(2)
     try:
@@ -37,7 +32,7 @@ def test_a_process_that_shares_its_core_with_a_busy_one_is_seen_waiting_for_it()
         # two spinners on one core: each runs about half the time and waits the other half
         assert min(waited[1:]) > INTERVAL / 5, waited
         assert waited[0] < min(waited[1:]), waited
-        row = soak.waiting([Worker(p) for p in shared], before[1:], 0.0, INTERVAL)
+        row = soak.waiting([p.pid for p in shared], before[1:], 0.0, INTERVAL)
         assert row["wait_ms_per_s"] >= 1e3 * max(waited[1:]) / INTERVAL * 0.9, row
     finally:
         for p in alone + shared:
