@@ -5,7 +5,8 @@
 (what part of the system the sample belongs to, see ``COMPONENTS``) and per
 function, both *self* (the function was on top) and *inclusive* (anywhere on
 the stack). Shares are of the busy samples of all threads: a thread waiting
-in epoll is not counted (py-spy does not always see it as idle).
+for I/O (epoll) or for work (an idle thread pool) is not counted: py-spy reads
+such a thread's stack as running, with the blocking call's Python caller on top.
 """
 
 from __future__ import annotations
@@ -58,8 +59,11 @@ LEAF_RULES = [
     ("event loop: socket writes, callbacks, scheduling", r"asyncio/"),
 ]
 
-#: A leaf frame in which a thread waits for I/O (py-spy does not always call that idle).
-_IDLE = re.compile(r"^(EpollSelector\.select|select|poll|epoll) \(")
+#: A leaf frame in which a thread waits (py-spy does not always call that idle): an event loop
+#: in epoll, or a thread of a ``ThreadPoolExecutor`` in ``_worker``, whose only line that takes
+#: time of its own is its blocking ``work_queue.get`` (a task it runs puts its own frames on top).
+#: Counted as work, an idle pool thread was a quarter of a worker's "busy" samples.
+_IDLE = re.compile(r"^(EpollSelector\.select|select|poll|epoll) \(|^_worker \(.*concurrent/futures/thread\.py")
 
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>.*?)(?::(?P<line>\d+))?\)$")
 
@@ -131,7 +135,7 @@ def summarize(raw: Path, top: int = 15) -> dict:
             continue
         leaf = frames[-1]
         if _IDLE.search(leaf):
-            waiting += n  # an event loop waiting for I/O: not work
+            waiting += n  # a thread waiting for I/O or for work: not work
             continue
         total += n
         self_c[_short(leaf)] += n
@@ -149,7 +153,7 @@ def summarize(raw: Path, top: int = 15) -> dict:
 def render(name: str, summary: dict) -> str:
     waiting = summary.get("waiting", 0)
     lines = [f"### {name}", "", f"{summary['samples']} busy samples (100 Hz, all threads; shares are of these). "
-             f"Not counted: {waiting} samples of a thread waiting in epoll.", ""]
+             f"Not counted: {waiting} samples of a thread waiting (in epoll, or an idle thread pool).", ""]
     for title, key in (("By component", "areas"), ("Top functions, self", "self"),
                        ("Top functions, inclusive", "inclusive")):
         lines += [f"**{title}**", "", "| share | where |", "|---:|---|"]
