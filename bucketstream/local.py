@@ -78,7 +78,8 @@ class Limiter:
         self._on_learned = on_learned  # called when a key's replica view grew (from Kafka)
         #: admissions kept unpublished (bucketstream.hold); None: every admission is published
         self.holds = holds if holds is not None and holds.rule.enabled else None
-        # decoded cache, BOTTOM = known absent; least recently read evicted first.
+        # decoded cache, BOTTOM = known absent (cached only for a key with own state, see
+        # ``replica``); least recently read evicted first.
         # An OrderedDict, not a dict: popitem(last=False) is O(1) however many keys
         # were evicted before, where a dict's next(iter(d)) walks past every slot
         # deleted at its front since its last resize (a worker slowed 5x within
@@ -102,18 +103,38 @@ class Limiter:
 
     # -- the hot path --------------------------------------------------------
     def replica(self, key: bytes) -> BucketState:
-        """This worker's replica of the table entry (a full bucket if there is none)."""
+        """This worker's replica of the table entry (a full bucket if there is none).
+
+        A read that finds nothing is cached only for a key this worker holds own state
+        of, that is from a user's second request on: most keys read for the first time
+        are users seen once, and caching their absence cost an insert and an eviction
+        each, pushed the keys of returning users out, and slowed every request beside
+        them (docs/performance-journal.md, "Absent keys out of the decoded cache").
+        Not caching it is always safe: the cache only saves re-reading the replica, and
+        what the peer feed joins in is cached (``on_peer_state``).
+        """
         cache = self._replica
         state = cache.get(key)
-        if state is None:
-            raw = self._read_table(key)
-            state = BOTTOM if raw is None else self._decode(key, raw)
-            if len(cache) >= self._cache_size:
-                cache.popitem(last=False)
-            cache[key] = state
-        else:
+        if state is not None:
             cache.move_to_end(key)
+            return state
+        raw = self._read_table(key)
+        if raw is None:
+            if key not in self._own:
+                return BOTTOM
+            state = BOTTOM
+        else:
+            state = self._decode(key, raw)
+        self._cache(key, state)
         return state
+
+    def _cache(self, key: bytes, state: BucketState) -> None:
+        """Cache ``state`` for ``key`` (a key not cached yet goes in last, the least
+        recently read one out if the cache is full)."""
+        cache = self._replica
+        if key not in cache and len(cache) >= self._cache_size:
+            cache.popitem(last=False)
+        cache[key] = state
 
     def view(self, key: bytes) -> BucketState:
         """What this worker knows of the key: the replica joined with its own state."""
@@ -373,7 +394,7 @@ class Limiter:
         wait for the partition's owner (which may be dead or rebalancing).
         """
         state = join(self.replica(key), delta)
-        self._replica[key] = state
+        self._cache(key, state)
         self._observe(key, state, now, deleted=False)
         if self._on_learned is not None:
             self._on_learned(key, now)

@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     expire_after: float = Field(600.0, gt=0, description="seconds a bucket must have been full and idle before it is deleted (at least capacity/rate)")
     expire_check_interval: float = Field(10.0, gt=0, description="seconds between runs of the expiry sweep (each reads a slice of the active partitions)")
     max_unconfirmed_keys: int = Field(50_000, ge=1, description="back-pressure: while this worker holds this many admitted states Kafka has not shown it yet, /protected answers 503 (Retry-After: 1) for keys it holds no state of")
-    cache_keys: int = Field(200_000, ge=1, description="decoded bucket states kept in memory (least recently read evicted first; a miss is one RocksDB read); about 1 KB of RSS each")
+    cache_keys: int = Field(200_000, ge=1, description="decoded bucket states kept in memory (least recently read evicted first; a miss is one RocksDB read, and a key the table lacks is cached only once this worker holds state of it); about 1 KB of RSS each")
     rocksdb_memtable_mb: float = Field(8.0, ge=0, description="RocksDB memtables of all this worker's partition stores together, in MiB (one write buffer manager: past it the largest is flushed); 0: no shared budget, up to 2 x 4 MiB per store")
     rocksdb_block_cache_mb: float = Field(16.0, ge=0, description="RocksDB block cache of all this worker's partition stores together, in MiB (one LRU cache of the blocks read from flushed data); 0: no shared cache, 8 MiB per store")
     heap_trim_interval: float = Field(60.0, ge=0, allow_inf_nan=False, description="seconds between returns of the C allocator's free memory to the system (glibc's malloc_trim, off the event loop; without it RSS creeps under steady traffic); 0: never")

@@ -101,7 +101,9 @@ def test_soak_smoke(broker, tmp_path):
         assert e["offered"] > 0 and len(e["rows"]) >= 2, e
         for row in e["rows"]:
             assert row["requests"] > 0 and row["rss_max"] > 0 and row["store_max"] > 0, row
-            assert len(row["rss"]) == e["workers"] and row["cached"] > 0 and row["backlog"] >= 0, row
+            assert len(row["rss"]) == e["workers"] and row["backlog"] >= 0, row
+            # users seen once are not cached (Limiter.replica); the skewed mix's heavy users return
+            assert row["cached"] > 0 if e["traffic"] == "skewed" else row["cached"] >= 0, row
             # p99 pools every worker's requests (wrk's grid of percentiles): at most the worst worker's
             assert 0 < row["p50_ms"] <= row["p99_ms"] <= row["p99_worst_ms"], row
             # a window of load allocates: the collector ran, and its pauses were read from /metrics

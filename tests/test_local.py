@@ -1,6 +1,6 @@
 """The worker-side Limiter, without Kafka: resends back off while Kafka has a backlog."""
 
-from bucketstream.crdt import Rule
+from bucketstream.crdt import BucketState, Rule, encode
 from bucketstream.local import Limiter
 
 
@@ -78,7 +78,13 @@ def test_the_decoded_cache_is_bounded_and_evicts_the_least_recently_read_key():
     """A key read again is not the next to go: a hot key is not re-read from RocksDB (which
     may lag the peer feed) just because many new users arrived after it first did."""
     reads = []
-    limiter = Limiter(7, lambda key: reads.append(key), cache_size=3)
+    stored = encode(BucketState({1: 3}))
+
+    def read(key):
+        reads.append(key)
+        return stored  # every key is in the table
+
+    limiter = Limiter(7, read, cache_size=3)
     for k in (b"a", b"b", b"c"):
         limiter.replica(k)
     limiter.replica(b"a")  # read again: now the most recent
@@ -86,7 +92,37 @@ def test_the_decoded_cache_is_bounded_and_evicts_the_least_recently_read_key():
     assert limiter.cached_keys == 3
     assert [limiter.is_cached(k) for k in (b"a", b"b", b"c", b"d")] == [True, False, True, True]
     reads.clear()
-    for _ in range(1000):  # a stream of new users never grows it, and never evicts the hot key
+    for _ in range(1000):  # a stream of keys read once never grows it, and never evicts the hot key
         limiter.replica(b"a")
         limiter.replica(f"new{len(reads)}".encode())
     assert limiter.cached_keys == 3 and limiter.is_cached(b"a") and b"a" not in reads
+
+
+def test_a_key_the_table_lacks_is_cached_only_once_this_worker_holds_state_of_it():
+    """Users seen once (the most common request) leave the cache alone; from a user's second
+    request on, its absence is cached like any state."""
+    reads = []
+    limiter = Limiter(7, lambda key: reads.append(key), cache_size=3)
+    rule = Rule(10, 1)
+    limiter.replica(b"hot")
+    limiter.decide(b"hot", rule, 100.0)  # admitted: this worker now holds state of it
+    limiter.decide(b"hot", rule, 100.1)
+    limiter.decide(b"hot", rule, 100.2)
+    assert limiter.is_cached(b"hot") and reads.count(b"hot") == 3  # twice before its own state, then cached
+    for i in range(100):  # new users, one request each, admitted
+        assert limiter.decide(f"new{i}".encode(), rule, 101.0).allowed
+    assert limiter.cached_keys == 1 and limiter.is_cached(b"hot")
+    limiter.replica(b"never")  # a read alone (GET /bucket) caches nothing either
+    limiter.replica(b"never")
+    assert not limiter.is_cached(b"never") and reads.count(b"never") == 2
+
+
+def test_states_from_the_peer_feed_are_cached_within_the_bound():
+    """What another worker published is joined into the cache even for a key this worker never
+    read, and the cache still holds at most ``cache_size`` keys."""
+    limiter = Limiter(7, lambda key: None, cache_size=3)
+    for i in range(10):
+        limiter.on_peer_state(f"peer{i}".encode(), BucketState({2: 4}), 100.0)
+    assert limiter.cached_keys == 3
+    assert limiter.is_cached(b"peer9") and not limiter.is_cached(b"peer0")
+    assert limiter.view(b"peer9") == BucketState({2: 4})
