@@ -1,12 +1,6 @@
 #!/bin/bash
 # usage: run.sh LABEL PORT [env...]: start a worker pinned to core 0, pairs of hot/unique 10 s runs, CPU per request
-here=$(cd "$(dirname "$0")" && pwd)
-label=$1; port=$2; shift 2
-d=/tmp/ab/$label; rm -rf $d; mkdir -p $d
-cd "$here/../../.."
-env "$@" BUCKETSTREAM_APP_ID=ab$label$RANDOM taskset -c 0 .venv/bin/python ${WRAP:-.venv/bin/bucketstream} worker --web-port $port --data-dir $d/data --capacity 1000000 --rate 1000000 > $d/log 2>&1 &
-for i in $(seq 90); do [ "$(curl -s -o /dev/null -w '%{http_code}' localhost:$port/readyz)" = 200 ] && break; sleep 1; done
-pid=$(pgrep -f "worker --web-port $port" | head -1)
+source "$(dirname "$0")/start.sh"
 cpu(){ awk '{print $14+$15}' /proc/$pid/stat; }
 taskset -c 1 wrk -t1 -c50 -d5s -s $here/hot.lua http://127.0.0.1:$port/protected >/dev/null  # warm
 for r in 1 2 3; do
