@@ -103,6 +103,7 @@ def main() -> None:
 @_option("rocksdb_block_cache_mb", "--rocksdb-block-cache-mb", type=float, metavar="MIB")
 @_option("heap_trim_interval", "--heap-trim-interval", type=float, metavar="SECONDS")
 @_option("heap_mmap_threshold_kb", "--heap-mmap-threshold-kb", type=int, metavar="KIB")
+@_option("gc_young_threshold", "--gc-young-threshold", type=int, metavar="N")
 @_option("expire_after", "--expire-after", type=float, metavar="SECONDS")
 @_option("expire_check_interval", "--expire-check-interval", type=float, metavar="SECONDS")
 @_option("app_id", "--app-id", metavar="NAME")

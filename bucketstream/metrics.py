@@ -90,6 +90,8 @@ HEAP_TRIMS = Counter("bucketstream_heap_trims", "Returns of the C allocator's fr
 HEAP_MMAP_THRESHOLD = Gauge("bucketstream_heap_mmap_threshold_bytes", "The C allocator's fixed mmap threshold "
                             "(BUCKETSTREAM_HEAP_MMAP_THRESHOLD_KB): blocks this large or larger are returned to the "
                             "system when freed; 0: the allocator's own, which rises by itself", registry=REGISTRY)
+GC_YOUNG_THRESHOLD = Gauge("bucketstream_gc_young_threshold", "Python's generation-0 collection threshold in effect "
+                           "(BUCKETSTREAM_GC_YOUNG_THRESHOLD, set when the worker becomes ready)", registry=REGISTRY)
 READY = Gauge("bucketstream_ready", "1 once the table replicas are recovered and the worker decides", registry=REGISTRY)
 
 

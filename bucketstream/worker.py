@@ -178,7 +178,7 @@ class Worker:
         """
         if not self._ready and not self.stopping and self.peer_feed_ready and self.tables_recovered():
             self._ready = True
-            _settle_heap()
+            _settle_heap(self.settings.gc_young_threshold)
             metrics.READY.set(1)
         return self._ready
 
@@ -194,14 +194,28 @@ class Worker:
         metrics.READY.set(0)
 
 
-def _settle_heap() -> None:
-    """Take what is alive when the worker becomes ready out of the collector's full passes.
+def _settle_heap(young_threshold: int) -> None:
+    """Take what is alive when the worker becomes ready out of the collector's full passes,
+    and let its young passes come less often.
 
     Faust, aiokafka, aiohttp and their modules are some hundred thousand objects
     that live as long as the process; every full (generation 2) collection
     walked them all: 30-130 ms pauses every second or two under load, which
     were most of the replication delay's p99. Frozen, a full collection only
     walks what was allocated since.
+
+    A new user leaves two or three container objects behind for as long as its
+    allowance takes to refill (its own state and allowance entry, about a
+    second or more), and with Python's threshold of 700 each young pass walked
+    the last few hundred users' objects, each surviving one walked again by the
+    next generation's passes: about 1 µs of a new user's request, and as much
+    again in what the walks did to the CPU's caches (docs/performance-journal.md,
+    "The collector's young passes and new users"). A request that allocates and
+    frees (one hot user) sets off no pass either way. ``young_threshold`` 0
+    leaves Python's own.
     """
     gc.collect()
     gc.freeze()
+    if young_threshold:
+        gc.set_threshold(young_threshold, *gc.get_threshold()[1:])
+    metrics.GC_YOUNG_THRESHOLD.set(gc.get_threshold()[0])

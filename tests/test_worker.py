@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import subprocess
 import sys
 import time
@@ -159,6 +160,42 @@ def test_a_worker_gives_the_allocators_free_memory_back_on_its_timer(pool):
     before = _heap_trims(trimming)
     wait_until(lambda: _heap_trims(trimming) >= before + 3, timeout=30, what="three more heap trims")
     assert _heap_trims(off) == 0
+
+
+def _metric(w, name: str) -> float:
+    _, _, body = w.request("GET", "/metrics", w.admin)
+    return next(float(line.rsplit(" ", 1)[1]) for line in body.decode().splitlines() if line.startswith(name + " "))
+
+
+def _new_users(w, n: int, prefix: str) -> None:
+    """``n`` users seen once, on one kept-alive connection (a connection per request would
+    leave the worker objects of its own to collect)."""
+    conn = http.client.HTTPConnection("127.0.0.1", w.port, timeout=5)
+    try:
+        for i in range(n):
+            conn.request("POST", "/protected", headers={"X-User-ID": f"{prefix}{i}"})
+            response = conn.getresponse()
+            response.read()
+            assert response.status == 200
+    finally:
+        conn.close()
+
+
+def test_new_users_set_off_a_young_collector_pass_only_past_the_threshold_the_worker_is_given(pool):
+    """BUCKETSTREAM_GC_YOUNG_THRESHOLD reaches Python's collector when the worker becomes ready (0:
+    Python's own 700). Each new user leaves two or three container objects behind until its allowance
+    refills (20 s here): 2,000 of them set off no young pass under the default 10,000, where Python's
+    700 set off one every few hundred users (what the setting is for: docs/performance-journal.md)."""
+    default, own = pool.start(1, capacity=10, rate=1) + pool.start(1, capacity=10, rate=1, gc_young_threshold=0)
+    assert _metric(default, "bucketstream_gc_young_threshold") == 10_000
+    assert _metric(own, "bucketstream_gc_young_threshold") == 700
+    passes = []
+    for w in (default, own):
+        young = 'bucketstream_gc_pause_seconds_count{generation="0"}'
+        before = _metric(w, young)
+        _new_users(w, 2_000, f"gc-{w.port}-")
+        passes.append(_metric(w, young) - before)
+    assert passes[0] <= 1 and passes[1] >= 3, passes
 
 
 def _mmap_threshold(w) -> float:

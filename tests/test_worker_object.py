@@ -282,6 +282,16 @@ def test_an_mmap_threshold_out_of_its_range_stops_the_start_naming_the_setting()
     assert load({"heap_mmap_threshold_kb": 0}).heap_mmap_threshold_kb == 0
 
 
+def test_a_young_collector_threshold_out_of_its_range_stops_the_start_naming_the_setting():
+    from bucketstream.settings import ConfigError, load
+
+    with pytest.raises(ConfigError, match="BUCKETSTREAM_GC_YOUNG_THRESHOLD: .*greater than or equal to 0"):
+        load({"gc_young_threshold": -1})
+    with pytest.raises(ConfigError, match="BUCKETSTREAM_GC_YOUNG_THRESHOLD: .*less than or equal to 1000000"):
+        load({"gc_young_threshold": 1_000_001})
+    assert load({"gc_young_threshold": 0}).gc_young_threshold == 0
+
+
 def test_no_shared_memtable_budget_when_it_is_set_to_zero(tmp_path):
     from bucketstream import patches
     from bucketstream.app import create_app
