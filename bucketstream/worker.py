@@ -210,9 +210,9 @@ def _settle_heap(young_threshold: int) -> None:
     the last few hundred users' objects, each surviving one walked again by the
     next generation's passes: about 1 µs of a new user's request, and as much
     again in what the walks did to the CPU's caches (docs/performance-journal.md,
-    "The collector's young passes and new users"). A request that allocates and
-    frees (one hot user) sets off no pass either way. ``young_threshold`` 0
-    leaves Python's own.
+    "The collector's young passes and new users"). Requests that free what they
+    allocate (one hot user) set off a few in ten seconds of full load either way. ``young_threshold``
+    0 leaves Python's own.
     """
     gc.collect()
     gc.freeze()
