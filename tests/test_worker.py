@@ -198,15 +198,9 @@ def test_new_users_set_off_a_young_collector_pass_only_past_the_threshold_the_wo
     assert passes[0] <= 1 and passes[1] >= 3, passes
 
 
-def _mmap_threshold(w) -> float:
-    _, _, body = w.request("GET", "/metrics")
-    return next(float(line.rsplit(" ", 1)[1]) for line in body.decode().splitlines()
-                if line.startswith("bucketstream_heap_mmap_threshold_bytes "))
-
-
 def test_a_worker_fixes_the_allocators_mmap_threshold_it_is_given_and_leaves_it_with_0(pool):
     """BUCKETSTREAM_HEAP_MMAP_THRESHOLD_KB reaches glibc's mallopt in a real worker (the gauge is set from
     what glibc accepted); 0 leaves glibc's own. What it does is tests/test_heap.py's."""
     fixed, own = pool.start(1, heap_mmap_threshold_kb=256) + pool.start(1, heap_mmap_threshold_kb=0)
-    assert _mmap_threshold(fixed) == 256 * 1024
-    assert _mmap_threshold(own) == 0
+    assert _metric(fixed, "bucketstream_heap_mmap_threshold_bytes") == 256 * 1024
+    assert _metric(own, "bucketstream_heap_mmap_threshold_bytes") == 0
