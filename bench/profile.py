@@ -35,6 +35,7 @@ COMPONENTS = [
     ("Redis client (replies, connection pool)", r"redis/|hiredis", None),
     ("flush timer (encode + send_soon)", r"flush_deltas \(", None),
     ("resend timer", r"resend_unconfirmed \(", None),
+    ("hold sweep (drop refilled, publish deferred)", r"sweep_holds \(", None),
     ("merge agent (decode, join, table write, changelog)", r"merge \(.*bucketstream/agents\.py", None),
     ("peer feed (decode, join into the view)", r"peer_feed \(", None),
     ("Faust producer buffer -> aiokafka send", r"faust/transport/producer\.py|_handle_pending", None),

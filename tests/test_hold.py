@@ -229,8 +229,8 @@ def test_an_allowance_entry_is_left_alone_by_the_garbage_collector():
     assert not any(gc.is_tracked(entry) for entry in holds._deferred.values())
 
 
-def test_the_refill_timer_hands_the_event_loop_back_between_slices(tmp_path):
-    """The worker's one-second timer (Agents.resend_unconfirmed) on its real app, not started:
+def test_the_hold_sweep_hands_the_event_loop_back_between_slices(tmp_path):
+    """The worker's hold sweep (Agents.sweep_holds) on its real app, not started:
     a sweep of many refilled keys must not be one stretch of the loop."""
     from bucketstream import agents
     from bucketstream.app import create_app
@@ -255,7 +255,7 @@ def test_the_refill_timer_hands_the_event_loop_back_between_slices(tmp_path):
         task = asyncio.get_running_loop().create_task(other())
         await asyncio.sleep(0)
         left_at_each_turn.clear()
-        await app.bucket_agents.resend_unconfirmed()
+        await app.bucket_agents.sweep_holds()
         task.cancel()
 
     asyncio.run(sweep_beside_another_task())

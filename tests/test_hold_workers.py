@@ -43,6 +43,24 @@ def test_a_kill_9_loses_what_the_worker_held_back_or_deferred_and_never_more_tha
     assert w1.bucket("twelve")["tokens"] == 100  # the survivor never heard of it
 
 
+def test_a_held_back_state_is_forgotten_within_a_few_sweeps_of_its_allowance_refilling(pool):
+    """C = R = 1,000 on one worker: A = 50 tokens refilling at 50 a second, so a new user's one
+    token is back 20 ms after its admission, and the hold sweep (agents.HOLD_SWEEP_INTERVAL,
+    20 ms) forgets its state and allowance soon after. A state kept past its refill is memory
+    every request beside it pays for; under a one-second sweep most of these waits would
+    pass a quarter of a second."""
+    (w,) = pool.start(1, capacity=1000, rate=1000)
+    waits = []
+    for i in range(20):
+        user = f"brief{i}"
+        start = time.monotonic()
+        assert w.protected(user)[0] == 200
+        wait_until(lambda: not (view := w.bucket(user))["held"] and not view["own_unreflected"], 10, 0.005,
+                   "the state and its allowance forgotten")
+        waits.append(time.monotonic() - start)
+    assert sorted(waits)[len(waits) // 2] < 0.25, waits
+
+
 def test_a_deferred_admission_reaches_the_other_workers_once_its_wait_is_over(pool):
     w0, w1 = pool.start(2, capacity=100, rate=1, hold_defer_seconds=2)
     for _ in range(6):  # 5 held back, the sixth deferred
@@ -50,7 +68,7 @@ def test_a_deferred_admission_reaches_the_other_workers_once_its_wait_is_over(po
     deferred_at = time.monotonic()
     assert w0.bucket("late")["deferred"] and w1.bucket("late")["consumed"] == 0
     wait_until(lambda: w1.bucket("late")["consumed"] == 6, 30, 0.05, "the other worker sees all six")
-    # published by the one-second sweep once the 2 s are over (then one Kafka hop), not before
+    # published by the hold sweep once the 2 s are over (then one Kafka hop), not before
     assert time.monotonic() - deferred_at >= 2 - 0.1
     assert not w0.bucket("late")["deferred"]
 
