@@ -218,6 +218,36 @@ def test_finding_the_oldest_entry_costs_the_same_however_many_the_sweep_removed_
     assert cost(swept) < 10 * cost(fresh)
 
 
+@given(st.lists(st.tuples(st.floats(0, 5), st.integers(0, 4), st.integers(1, 3), st.floats(0, 1), st.booleans()),
+                max_size=40),
+       st.floats(0, 30))
+def test_the_sweep_waits_until_exactly_when_it_would_first_find_something(ops, later):
+    """``next_due`` (when the hold sweeper wakes): before it, neither sweep would remove a key;
+    at it, one would. Any mix of held and deferred keys, swept or not in between."""
+    holds = Holds(HoldRule())
+    rule = Rule(20.0, 2.0)
+    now = 1000.0
+    for dt, key, cost, left, sweep in ops:
+        now += dt
+        k = b"k%d" % key
+        if not holds.try_hold(k, rule, now, cost, left * 20, 3):
+            holds.try_defer(k, rule, now, cost, left * 20)
+        if sweep:
+            holds.refilled(now)
+            holds.due(now)
+    due = holds.next_due()
+    if not (holds._entries or holds._deferred):
+        assert due == math.inf
+        return
+    before = math.nextafter(due, -math.inf)
+    assert not holds.any_refilled(before) and not holds.any_due(before)
+    assert holds.any_refilled(due) or holds.any_due(due)
+    assert holds.next_due() == due  # asking changes nothing
+    holds.refilled(due + later)
+    holds.due(due + later)
+    assert holds.next_due() > due + later
+
+
 def test_an_allowance_entry_is_left_alone_by_the_garbage_collector():
     """A worker keeps an entry per user seen lately (up to max_keys): if the collector tracked
     them, every full pass, a stall of the whole event loop, would walk them all."""
