@@ -68,13 +68,13 @@ LOOP_PROBE_INTERVAL = 0.05
 #: stretch of it, and a sweep's length follows the traffic).
 SWEEP_SLICE = 250
 
-#: The hold sweep (``Agents.sweep_holds``) runs when its first entry comes due, at most every
+#: The hold sweep (``Agents.sweep_holds``) runs when the first allowance refills, at most every
 #: ``HOLD_SWEEP_INTERVAL`` and at least every ``HOLD_SWEEP_IDLE`` seconds: how long a held-back
-#: state may outlive its allowance's refill, and a deferred key its wait. A state that stays is
-#: memory every request beside it pays for: sweeping once a second, a worker taking 17,000 new
-#: users a second under C = R = 10^6 (a refill of 20 µs) kept a second of them, and a new user
-#: cost it 1.5 to 2 µs more than at 20 ms (docs/performance-journal.md, "The hold sweep's
-#: interval"). Waiting for what is due, not waking every 20 ms, keeps an idle worker idle.
+#: state may outlive its allowance's refill. A state that stays is memory every request beside
+#: it pays for: sweeping once a second, a worker taking 17,000 new users a second under C = R =
+#: 10^6 (a refill of 20 µs) kept a second of them, and a new user cost it 1.5 to 2 µs more than
+#: at 20 ms (docs/performance-journal.md, "The hold sweep's interval"). Waiting for what is
+#: due, not waking every 20 ms, keeps an idle worker idle.
 HOLD_SWEEP_INTERVAL = 0.02
 HOLD_SWEEP_IDLE = 0.1
 
@@ -533,36 +533,45 @@ class Agents:
 
     # -- timers -------------------------------------------------------------------------------
     async def resend_unconfirmed(self) -> None:
-        """The safety net: send again what Kafka acknowledged but never showed (see Limiter.resend_stale)."""
-        self.limiter.resend_stale(self.worker.clock())
+        """The safety net: send again what Kafka acknowledged but never showed (see Limiter.resend_stale);
+        and publish deferred states whose wait is over (Limiter.publish_due).
+
+        Deferred keys go out once a second, not as each comes due: in one record batch per
+        partition rather than a trickle, and a worker's records end with a gap the agents
+        catch up in (published every 20 ms, they kept the three-worker soak's agents from
+        ever being seen caught up within a second of the load's end)."""
+        now = self.worker.clock()
+        limiter = self.limiter
+        limiter.resend_stale(now)
+        if limiter.holds is None:
+            return
+        # as many keys come due each second as users were deferred a while before: a slice at a time
+        while True:
+            limiter.publish_due(now, SWEEP_SLICE)
+            if not limiter.holds.any_due(now):
+                return
+            await asyncio.sleep(0)
 
     async def hold_sweeper(self) -> None:
-        """``sweep_holds`` when the first allowance refills or deferred key comes due
-        (``Holds.next_due``), within ``HOLD_SWEEP_INTERVAL`` and ``HOLD_SWEEP_IDLE``: a task,
-        not a Faust timer, which would cost each of these frequent runs its drift and sensor
-        bookkeeping."""
+        """``sweep_holds`` when the first allowance refills (``Holds.next_refill``), within
+        ``HOLD_SWEEP_INTERVAL`` and ``HOLD_SWEEP_IDLE``: a task, not a Faust timer, which would
+        cost each of these frequent runs its drift and sensor bookkeeping."""
         holds = self.limiter.holds
         if holds is None:
             return
         clock = self.worker.clock
         while True:
-            wait = holds.next_due() - clock()
+            wait = holds.next_refill() - clock()
             await asyncio.sleep(HOLD_SWEEP_IDLE if wait > HOLD_SWEEP_IDLE else max(wait, HOLD_SWEEP_INTERVAL))
             await self.sweep_holds()
 
     async def sweep_holds(self) -> None:
-        """Publish deferred states whose wait is over (Limiter.publish_due), and forget held-back
-        states whose allowance refilled (Limiter.drop_refilled)."""
+        """Forget held-back states whose allowance refilled (Limiter.drop_refilled)."""
         now = self.worker.clock()
         limiter = self.limiter
         if limiter.holds is None:
             return
-        # as many keys come due or refill at a time as users arrived a while before: a slice at a time
-        while True:
-            limiter.publish_due(now, SWEEP_SLICE)
-            if not limiter.holds.any_due(now):
-                break
-            await asyncio.sleep(0)
+        # as many allowances refill at a time as users arrived a while before: a slice at a time
         while True:
             limiter.drop_refilled(now, SWEEP_SLICE)
             if not limiter.holds.any_refilled(now):

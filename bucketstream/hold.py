@@ -195,12 +195,11 @@ class Holds:
         """Whether ``refilled(now)`` would return a key."""
         return _first_due(self._entries, 2, now)
 
-    def next_due(self) -> float:
-        """The earliest time at which ``refilled`` or ``due`` may remove a key (the first entry
-        of each, as they stop there); infinity if there are none."""
+    def next_refill(self) -> float:
+        """The earliest time at which ``refilled`` may remove a key (the first entry's, as it
+        stops there); infinity if there is none."""
         entry = next(iter(self._entries.values()), None)
-        deferred = next(iter(self._deferred.values()), None)
-        return min(math.inf if entry is None else entry[2], math.inf if deferred is None else deferred[0])
+        return math.inf if entry is None else entry[2]
 
     def keys(self) -> list[bytes]:
         """The keys held back or deferred on (a stopping worker publishes them all)."""

@@ -222,8 +222,8 @@ def test_finding_the_oldest_entry_costs_the_same_however_many_the_sweep_removed_
                 max_size=40),
        st.floats(0, 30))
 def test_the_sweep_waits_until_exactly_when_it_would_first_find_something(ops, later):
-    """``next_due`` (when the hold sweeper wakes): before it, neither sweep would remove a key;
-    at it, one would. Any mix of held and deferred keys, swept or not in between."""
+    """``next_refill`` (when the hold sweeper wakes): before it, the sweep would remove no key;
+    at it, it would. Any mix of held and deferred keys, swept or not in between."""
     holds = Holds(HoldRule())
     rule = Rule(20.0, 2.0)
     now = 1000.0
@@ -235,17 +235,15 @@ def test_the_sweep_waits_until_exactly_when_it_would_first_find_something(ops, l
         if sweep:
             holds.refilled(now)
             holds.due(now)
-    due = holds.next_due()
-    if not (holds._entries or holds._deferred):
+    due = holds.next_refill()
+    if not holds._entries:
         assert due == math.inf
         return
-    before = math.nextafter(due, -math.inf)
-    assert not holds.any_refilled(before) and not holds.any_due(before)
-    assert holds.any_refilled(due) or holds.any_due(due)
-    assert holds.next_due() == due  # asking changes nothing
+    assert not holds.any_refilled(math.nextafter(due, -math.inf))
+    assert holds.any_refilled(due)
+    assert holds.next_refill() == due  # asking changes nothing
     holds.refilled(due + later)
-    holds.due(due + later)
-    assert holds.next_due() > due + later
+    assert holds.next_refill() > due + later
 
 
 def test_an_allowance_entry_is_left_alone_by_the_garbage_collector():

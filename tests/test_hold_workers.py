@@ -68,7 +68,7 @@ def test_a_deferred_admission_reaches_the_other_workers_once_its_wait_is_over(po
     deferred_at = time.monotonic()
     assert w0.bucket("late")["deferred"] and w1.bucket("late")["consumed"] == 0
     wait_until(lambda: w1.bucket("late")["consumed"] == 6, 30, 0.05, "the other worker sees all six")
-    # published by the hold sweep once the 2 s are over (then one Kafka hop), not before
+    # published by the one-second timer once the 2 s are over (then one Kafka hop), not before
     assert time.monotonic() - deferred_at >= 2 - 0.1
     assert not w0.bucket("late")["deferred"]
 
