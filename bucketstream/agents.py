@@ -562,7 +562,7 @@ class Agents:
         clock = self.worker.clock
         while True:
             wait = holds.next_refill() - clock()
-            await asyncio.sleep(HOLD_SWEEP_IDLE if wait > HOLD_SWEEP_IDLE else max(wait, HOLD_SWEEP_INTERVAL))
+            await asyncio.sleep(min(HOLD_SWEEP_IDLE, max(wait, HOLD_SWEEP_INTERVAL)))
             await self.sweep_holds()
 
     async def sweep_holds(self) -> None:

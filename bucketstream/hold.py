@@ -193,7 +193,7 @@ class Holds:
 
     def any_refilled(self, now: float) -> bool:
         """Whether ``refilled(now)`` would return a key."""
-        return _first_due(self._entries, 2, now)
+        return self.next_refill() <= now
 
     def next_refill(self) -> float:
         """The earliest time at which ``refilled`` may remove a key (the first entry's, as it

@@ -236,7 +236,7 @@ def test_the_sweep_waits_until_exactly_when_it_would_first_find_something(ops, l
             holds.refilled(now)
             holds.due(now)
     due = holds.next_refill()
-    if not holds._entries:
+    if not len(holds):
         assert due == math.inf
         return
     assert not holds.any_refilled(math.nextafter(due, -math.inf))
