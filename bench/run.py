@@ -14,8 +14,9 @@ Phases, in order (each starts and stops its own processes):
    worker's time from process start to ``/readyz`` 200.
 6. ``soak``: minutes of fixed load, one worker then three, new users and a
    skewed mix, with buckets expiring during the run: a row per minute
-   (``bench.soak``); first, its control: the bare handler of phase 1 under the
-   same harness, to read the workers' minute-to-minute p99 against.
+   (``bench.soak``); before each worker count, its control: as many bare
+   handlers of phase 1 under the same harness, placed on the cores as the
+   workers are, to read the workers' minute-to-minute p99 against.
 
 Every server under test is pinned to one core, and wrk (one thread), the
 Kafka broker and redis-server to the other (``--no-pin`` turns that off), so
@@ -92,9 +93,10 @@ class Config:
     soak_traffic: tuple[str, ...] = ("unique", "skewed")
     # http: POST /protected (wrk); rls: Envoy's ShouldRateLimit (ghz), the gRPC surface's own path
     soak_protocol: tuple[str, ...] = ("http",)
-    # first, the same load against the bare aiohttp handler (bench.soak.control): how much a window's
-    # p99 moves when the server's work does not
+    # before each worker count, the same load against as many bare aiohttp handlers (bench.soak.control):
+    # how much a window's p99 moves when the servers' work does not
     soak_control: bool = True
+    soak_control_only: bool = False  # the controls, none of the workers' runs
     worker_settings: dict = field(default_factory=dict)  # --worker-setting: for every worker started
     scaleout_rate: float = 800.0  # req/s offered to the one loaded worker of the scale-out phase
     scaleout_seconds: float = 15.0
@@ -769,7 +771,8 @@ class Bench:
         log(f"load average at start: {self.results['meta']['load_start']}")
         try:
             need_broker = any(ph in cfg.phases for ph in ("worker", "rls", "limits", "replication", "scaleout",
-                                                          "recovery")) or ("soak" in cfg.phases and cfg.soak_workers)
+                                                          "recovery")) or ("soak" in cfg.phases and cfg.soak_workers
+                                                                and not cfg.soak_control_only)
             if need_broker and cfg.smoke:
                 # timing does not matter in a smoke run: start the broker while phases 1-2 run
                 self._broker_future = concurrent.futures.ThreadPoolExecutor(1).submit(self.start_broker)
@@ -976,9 +979,10 @@ def parse(argv: list[str] | None) -> Config:
     ap.add_argument("--soak-protocol", help="comma-separated surfaces the soak drives: http (POST /protected, "
                                             "wrk), rls (Envoy's ShouldRateLimit, ghz) (default http)")
     ap.add_argument("--no-soak-control", action="store_true",
-                    help="skip the soak's control run (the bare aiohttp handler under the same load, first)")
+                    help="skip the soak's control runs (before each worker count, as many bare aiohttp "
+                         "handlers under the same load)")
     ap.add_argument("--soak-control-only", action="store_true",
-                    help="of the soak phase, run only its control run")
+                    help="of the soak phase, run only its control runs (one per --soak-workers count)")
     ap.add_argument("--scaleout-rate", type=float, help="req/s offered to the loaded worker of the scale-out "
                                                         "phase (default 800)")
     ap.add_argument("--scaleout-seconds", type=float, help="seconds per scale-out run (default 15; smoke 1)")
@@ -1027,8 +1031,7 @@ def parse(argv: list[str] | None) -> Config:
     if a.no_soak_control and a.soak_control_only:
         ap.error("--no-soak-control and --soak-control-only contradict each other")
     cfg.soak_control = not a.no_soak_control
-    if a.soak_control_only:
-        cfg.soak_workers = ()
+    cfg.soak_control_only = a.soak_control_only
     cfg.pin = not a.no_pin
     if a.no_profile:
         cfg.profile = False

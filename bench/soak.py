@@ -23,9 +23,9 @@ every request; ``skewed``: a few heavy users and a long tail of light ones,
    counts every record an agent handled, whatever the result);
 4. once the load stops, how long until the agents have handled everything.
 
-Before those runs, a control (``control``): the same harness against the bare
-aiohttp handler, whose windows can differ only by the machine and the load
-generator.
+Before the runs of each worker count, a control (``control``): the same harness
+against as many bare aiohttp handlers, placed on the cores as the workers are,
+whose windows can differ only by the machine and the load generator.
 
 No assertion on speed anywhere: ``targets`` says what was met.
 """
@@ -57,25 +57,32 @@ DRAIN_TARGET = 0.5
 def phase(bench, log) -> None:
     cfg = bench.cfg
     log(f"soak: {cfg.soak_seconds:g} s of each traffic kind at {cfg.soak_fraction:g} x its max load, "
-        + ("the bare handler first, then " if cfg.soak_control else "")
-        + (f"{' then '.join(map(str, cfg.soak_workers))} worker(s)" if cfg.soak_workers else "no worker")
+        + (f"{' then '.join(map(str, cfg.soak_workers))} worker(s)" if not cfg.soak_control_only else "no worker")
+        + (", each count after as many bare handlers (the control)" if cfg.soak_control else "")
         + f", a row every {cfg.soak_window:g} s, through {' then '.join(cfg.soak_protocol)}")
     runs = bench.results.setdefault("soak", [])
-    if cfg.soak_control:
-        bench.results["soak_control"] = control(bench, log)
+    control_runs = bench.results.setdefault("soak_controls", []) if cfg.soak_control else []
+    ghz = {}
     for protocol in cfg.soak_protocol:
-        ghz = None
         if protocol == "rls":
             from bench import grpcload
 
             try:
-                ghz = (grpcload.build_ghz(), grpcload.write_protoset(bench.work / "rls.protoset"))
+                ghz[protocol] = (grpcload.build_ghz(), grpcload.write_protoset(bench.work / "rls.protoset"))
             except RuntimeError as exc:
                 log(f"  soak through rls skipped: {exc}")
                 continue
-        for workers in cfg.soak_workers:
+        else:
+            ghz[protocol] = None
+    # each worker count right after its control: the same hour of the machine, the same placement on its cores
+    for workers in cfg.soak_workers:
+        if cfg.soak_control:
+            control_runs.append(control(bench, log, workers))
+        if cfg.soak_control_only:
+            continue
+        for tool in ghz.values():
             for traffic in cfg.soak_traffic:
-                runs.append(soak(bench, log, workers, traffic, ghz))
+                runs.append(soak(bench, log, workers, traffic, tool))
 
 
 def soak(bench, log, n: int, traffic: str, ghz: tuple | None = None) -> dict:
@@ -171,45 +178,64 @@ def soak(bench, log, n: int, traffic: str, ghz: tuple | None = None) -> dict:
     return entry
 
 
-def control(bench, log) -> dict:
-    """The soak's load against a server whose work never changes: the bare aiohttp handler
-    (``bench.servers ceiling``), alone on the core a single worker gets, calibrated and offered
-    the same share of its own max, new users, windows as long. It keeps nothing per user, so
-    nothing in it can grow: how much its p99 moves from one window to the next is what the
-    harness and the machine do to a window's p99 by themselves. No target; reported beside the
-    workers' runs, whose p99 ratio is judged against a fixed 1.2, not against this."""
+def control(bench, log, n: int = 1) -> dict:
+    """The soak's load against servers whose work never changes: ``n`` bare aiohttp handlers
+    (``bench.servers ceiling``), placed on the cores as ``n`` workers are (one: alone on the core a
+    single worker gets; more: unpinned, sharing both cores with the load generators and the broker,
+    each with its own wrk), calibrated and offered the same share of their own max, new users,
+    windows as long, p99 pooled as the workers' is. They keep nothing per user, so nothing in them
+    can grow: how much their p99 moves from one window to the next is what the harness and the
+    machine do to a window's p99 by themselves. No target; reported beside the workers' runs,
+    whose p99 ratio is judged against a fixed 1.2, not against this."""
+    from bench.loadgen import pooled_percentile
     from tests.cluster import free_port
 
     cfg = bench.cfg
-    port = free_port()
-    proc = bench.procs.start("soak-control", [python(), "-m", "bench.servers", "ceiling", "--port", str(port)],
-                             bench.raw / "soak-control.log", cpus=bench.server_cpus)
-    entry: dict = {"server": "bare aiohttp handler", "traffic": "unique", "window": cfg.soak_window, "rows": []}
+    ports = [free_port() for _ in range(n)]
+    procs = [bench.procs.start(f"soak-control-{i}", [python(), "-m", "bench.servers", "ceiling", "--port", str(port)],
+                               bench.raw / f"soak-control-{n}-{i}.log", cpus=bench.server_cpus if n == 1 else None)
+             for i, port in enumerate(ports)]
+    pids = [p.pid for p in procs]
+    entry: dict = {"server": "bare aiohttp handler", "servers": n, "traffic": "unique", "window": cfg.soak_window,
+                   "rows": []}
     try:
-        wait_http(port, "/healthz", 30, proc)
-        entry["max_rps"] = bench.wrk(port, "soak control", "unique", cfg.soak_calibrate, 0.0, False).rps
-        entry["offered"] = cfg.soak_fraction * entry["max_rps"]
-        log(f"  soak control, the bare handler: max {entry['max_rps']:,.0f} req/s; offering {entry['offered']:,.0f} req/s")
-        stick = Yardstick(os.sched_getaffinity(proc.pid))
-        started = time.monotonic()
-        for i in range(max(1, math.ceil(cfg.soak_seconds / cfg.soak_window))):
-            cpu0, waited0, steal0, began = cpu_seconds(proc.pid), run_delay(proc.pid), steal_seconds(), time.monotonic()
-            stick.start()
-            try:
-                run = bench.wrk(port, "soak control", "unique", cfg.soak_window, entry["offered"], False,
-                                prefix=bench.prefix("ctl"), seed=i + 2)
-            finally:
-                yardstick = stick.stop()
-            row = {"t": time.monotonic() - started, "rps": run.rps, "requests": run.requests,
-                   "saturated": run.saturated, "errors": run.errors, "p50_ms": run.p50_ms, "p99_ms": run.p99_ms,
-                   "cpu_us": 1e6 * (cpu_seconds(proc.pid) - cpu0) / run.requests if run.requests else None,
-                   **waiting([proc.pid], [waited0], steal0, time.monotonic() - began), "yardstick_us": yardstick}
-            entry["rows"].append(row)
-            log(f"  {row['t']:5.0f}s {row['rps']:8,.0f} req/s  CPU {_us(row['cpu_us'])} µs/req  p50 "
-                f"{row['p50_ms']:6.2f} ms  p99 {row['p99_ms']:7.2f} ms  waiting for a core {row['wait_ms_per_s']:.0f} "
-                f"ms/s (stolen {row['steal_pct']:.1f} %)  yardstick {_us(yardstick)} µs")
+        for port, proc in zip(ports, procs):
+            wait_http(port, "/healthz", 30, proc)
+        with concurrent.futures.ThreadPoolExecutor(n) as ex:
+            def load(rate_each: float, seconds: float, seed: int, prefix: str | None = None):
+                futs = [ex.submit(bench.wrk, port, f"soak control x{n} [{i}]", "unique", seconds, rate_each, False,
+                                  prefix=prefix, seed=seed, grid=True) for i, port in enumerate(ports)]
+                return [f.result() for f in futs]
+
+            entry["max_rps"] = sum(r.rps for r in load(0.0, cfg.soak_calibrate, 1))
+            entry["offered"] = cfg.soak_fraction * entry["max_rps"]
+            log(f"  soak control, {n} bare handler(s): max {entry['max_rps']:,.0f} req/s; offering "
+                f"{entry['offered']:,.0f} req/s")
+            entry["cpus"] = sorted(os.sched_getaffinity(pids[0]))
+            stick = Yardstick(set(entry["cpus"]))
+            started = time.monotonic()
+            for i in range(max(1, math.ceil(cfg.soak_seconds / cfg.soak_window))):
+                cpu0, waited0, steal0 = [cpu_seconds(p) for p in pids], [run_delay(p) for p in pids], steal_seconds()
+                began = time.monotonic()
+                stick.start()
+                try:
+                    runs = load(entry["offered"] / n, cfg.soak_window, i + 2, bench.prefix("ctl"))
+                finally:
+                    yardstick = stick.stop()
+                requests = sum(r.requests for r in runs)
+                cpu = sum(cpu_seconds(p) for p in pids) - sum(cpu0)
+                row = {"t": time.monotonic() - started, "rps": sum(r.rps for r in runs), "requests": requests,
+                       "saturated": any(r.saturated for r in runs), "errors": sum(r.errors for r in runs),
+                       "p50_ms": pooled_percentile(runs, 50), "p99_ms": pooled_percentile(runs, 99),
+                       "cpu_us": 1e6 * cpu / requests if requests else None,
+                       **waiting(pids, waited0, steal0, time.monotonic() - began), "yardstick_us": yardstick}
+                entry["rows"].append(row)
+                log(f"  {row['t']:5.0f}s {row['rps']:8,.0f} req/s  CPU {_us(row['cpu_us'])} µs/req  p50 "
+                    f"{row['p50_ms']:6.2f} ms  p99 {row['p99_ms']:7.2f} ms  waiting for a core "
+                    f"{row['wait_ms_per_s']:.0f} ms/s (stolen {row['steal_pct']:.1f} %)  yardstick {_us(yardstick)} µs")
     finally:
-        bench.procs.stop(proc)
+        for proc in procs:
+            bench.procs.stop(proc)
     return entry
 
 
@@ -347,10 +373,11 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
     """#19's targets per soak run: last window's throughput ≥ 0.95 × the first's, its p99 ≤ 1.2 ×,
     RSS growth over the last half < 5 %, no backlog at the end beyond the commit and flush intervals."""
     out = []
-    c = results.get("soak_control")
-    if c and len(c["rows"]) >= 2:
+    for c in controls(results):
+        if len(c["rows"]) < 2:
+            continue
         first, last = c["rows"][0], c["rows"][-1]
-        name = f"soak control ({c['server']}, {c['traffic']} users)"
+        name = f"soak control ({c['server']} × {c.get('servers', 1)}, {c['traffic']} users)"
         p99 = last["p99_ms"] / first["p99_ms"] if first["p99_ms"] else None
         halves = half_medians(c["rows"], "p99_ms")
         out += [
@@ -413,6 +440,14 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
     return out
 
 
+def controls(results: dict) -> list[dict]:
+    """The control runs of a soak phase: one per worker count; a single one in results from before
+    2026-12-05 15:30 (``soak_control``), one bare handler on one core."""
+    if "soak_controls" in results:
+        return results["soak_controls"]
+    return [results["soak_control"]] if results.get("soak_control") else []
+
+
 def _spread(rows: list[dict]) -> str:
     p99s = [r["p99_ms"] for r in rows if r["p99_ms"]]
     return f"{max(p99s) / min(p99s):.2f}" if p99s else "-"
@@ -467,7 +502,7 @@ def _mib(n) -> str:
 
 def markdown(results: dict) -> list[str]:
     runs = results.get("soak") or []
-    if not runs and not results.get("soak_control"):
+    if not runs and not controls(results):
         return []
     out = ["## Soak: minutes of fixed load, a row per window", "",
            f"Rule C = {CAPACITY:g}, R = {RATE:g}/s; buckets expire {EXPIRE_AFTER:g} s after they are full and idle "
@@ -488,13 +523,16 @@ def markdown(results: dict) -> list[str]:
            "(the kind a worker does per request) took on the workers' cores during the window, median of a reading "
            "every 0.25 s (bench.tools.Yardstick): when it rises, the host ran Python slower, and a rise of the workers' CPU "
            "per request that it shares is the host's, not a cost of theirs that grows.", ""]
-    c = results.get("soak_control")
-    if c:
-        out += [f"### Control: the {c['server']} (bench.servers ceiling), {c['traffic']} users: max "
+    for c in controls(results):
+        n = c.get("servers", 1)
+        where = ("on the core one worker gets" if n == 1 else
+                 f"on the cores {n} workers share with the load generators and the broker, each with its own wrk")
+        out += [f"### Control: the {c['server']} × {n} (bench.servers ceiling), {c['traffic']} users: max "
                 f"{c.get('max_rps', 0):,.0f} req/s, offered {c.get('offered', 0):,.0f} req/s", "",
-                "The same harness and share of its own max as the runs below, on the core one worker gets, against "
-                "a server that keeps nothing per request: its windows differ only by the machine and the load "
-                "generator. p99: wrk's own for the window.", "",
+                f"The same harness and share of its own max as the {n}-worker runs, {where}, against "
+                "servers that keep nothing per request: their windows differ only by the machine and the load "
+                "generator. p99: " + ("of every request, pooled as the workers' are; core wait: the most any of "
+                                      "them waited" if "servers" in c else "wrk's own for the window") + ".", "",
                 "| t (s) | req/s | CPU µs/req | p50 ms | p99 ms | core wait ms/s (steal) | yardstick µs | errors |",
                 "|---|---|---|---|---|---|---|---|"]
         for r in c["rows"]:

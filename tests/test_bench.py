@@ -83,8 +83,8 @@ def test_bench_smoke(broker, tmp_path):
 @pytest.mark.skipif(bool(MISSING), reason=f"bench extras missing ({', '.join(MISSING)}): pip install -e '.[bench]'")
 @pytest.mark.timeout(400)
 def test_soak_smoke(broker, tmp_path):
-    """The soak phase end to end in seconds: its control run on the bare handler, then one worker
-    and three, both traffic kinds, a row per window with every column, targets evaluated (not
+    """The soak phase end to end in seconds: one worker and three, each count after its control run on
+    as many bare handlers, both traffic kinds, a row per window with every column, targets evaluated (not
     asserted: no speed here)."""
     out = tmp_path / "results"
     env = {k: v for k, v in os.environ.items() if not k.startswith("BUCKETSTREAM_")}
@@ -120,15 +120,20 @@ def test_soak_smoke(broker, tmp_path):
     assert any(r["non_2xx"] > 0 for e in soak if e["traffic"] == "skewed" for r in e["rows"])
     # their admissions are published and merged: the agents' lag was read from the workers
     assert any(r["merge_lag_p99"] is not None for e in soak if e["traffic"] == "skewed" for r in e["rows"])
-    # first, the control: the same harness against the bare handler, every window read
-    control = json.loads((out / "results.json").read_text())["soak_control"]
-    assert control["offered"] > 0 and len(control["rows"]) >= 2, control
-    for row in control["rows"]:
-        assert row["requests"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"] and row["cpu_us"] > 0, row
-        assert row["wait_ms_per_s"] >= 0 and row["yardstick_us"] > 0, row
+    # before each worker count, its control: as many bare handlers under the same harness, every window read
+    controls = json.loads((out / "results.json").read_text())["soak_controls"]
+    assert [c["servers"] for c in controls] == [1, 3]
+    # placed as the workers are: one alone on the server's core (when there are two), three on every core
+    every = sorted(os.sched_getaffinity(0))
+    assert controls[0]["cpus"] == (every[:1] if len(every) > 1 else every) and controls[1]["cpus"] == every
+    for control in controls:
+        assert control["offered"] > 0 and len(control["rows"]) >= 2, control
+        for row in control["rows"]:
+            assert row["requests"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"] and row["cpu_us"] > 0, row
+            assert row["wait_ms_per_s"] >= 0 and row["yardstick_us"] > 0, row
     md = (out / "results.md").read_text()
-    assert "### Control: the bare aiohttp handler" in md
-    assert "## Soak: minutes of fixed load" in md and md.count("| t (s) | req/s |") == 5
+    assert "### Control: the bare aiohttp handler × 1" in md and "### Control: the bare aiohttp handler × 3" in md
+    assert "## Soak: minutes of fixed load" in md and md.count("| t (s) | req/s |") == 6
     assert md.count("| p99 ms | p99 worst ms |") == 4
     assert md.count("| GC ms (full passes, longest) | core wait ms/s (steal) | yardstick µs |") == 4
     assert md.count("| merge lag p99 s |") == 4

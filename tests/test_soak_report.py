@@ -49,23 +49,38 @@ def test_a_rise_in_cpu_per_request_that_the_yardstick_shares_is_the_machines():
     assert target([row(5), row(9)], "yardstick units") == "-"  # a run from before it was read
 
 
-def control(p99s: list[float]) -> dict:
+def control(p99s: list[float], servers: int | None = 1) -> dict:
     rows = [{"t": 60.0 * (i + 1), "rps": 1000.0, "saturated": False, "errors": 0, "p50_ms": 0.4, "p99_ms": p99,
              "cpu_us": 40.0, "wait_ms_per_s": 3.0, "steal_pct": 0.0, "yardstick_us": 2000.0}
             for i, p99 in enumerate(p99s)]
-    return {"server": "bare aiohttp handler", "traffic": "unique", "window": 60.0, "max_rps": 3000.0,
-            "offered": 1000.0, "rows": rows}
+    entry = {"server": "bare aiohttp handler", "traffic": "unique", "window": 60.0, "max_rps": 3000.0,
+             "offered": 1000.0, "rows": rows}
+    return entry if servers is None else {**entry, "servers": servers}  # None: a run from before 2026-12-05 15:30
 
 
-def test_the_control_run_is_reported_beside_the_workers_with_no_target():
-    results = {"soak": [], "soak_control": control([2.0, 3.1, 2.2, 1.9, 2.6])}
+def test_each_worker_counts_control_run_is_reported_beside_the_workers_with_no_target():
+    results = {"soak": [], "soak_controls": [control([2.0, 3.1, 2.2, 1.9, 2.6]), control([3.0, 2.0, 4.5], 3)]}
     rows = {label: (value, met) for label, value, met in soak.targets(results)}
-    assert rows["soak control (bare aiohttp handler, unique users): last/first window p99 (no target; the machine "
-                "and the harness alone)"] == ("1.30", None)
-    assert rows["soak control (bare aiohttp handler, unique users): largest / smallest window p99 (no target)"] == (
-        "1.63", None)  # 3.1 / 1.9
+    assert rows["soak control (bare aiohttp handler × 1, unique users): last/first window p99 (no target; the "
+                "machine and the harness alone)"] == ("1.30", None)
+    assert rows["soak control (bare aiohttp handler × 1, unique users): largest / smallest window p99 (no "
+                "target)"] == ("1.63", None)  # 3.1 / 1.9
+    assert rows["soak control (bare aiohttp handler × 3, unique users): last/first window p99 (no target; the "
+                "machine and the harness alone)"] == ("1.50", None)
+    assert rows["soak control (bare aiohttp handler × 3, unique users): largest / smallest window p99 (no "
+                "target)"] == ("2.25", None)  # 4.5 / 2.0
     md = "\n".join(soak.markdown(results))
-    assert "### Control: the bare aiohttp handler" in md and "| 120 | 1,000 | 40 | 0.40 | 3.10 | 3 (0.0 %) |" in md
+    assert "### Control: the bare aiohttp handler × 1" in md and "| 120 | 1,000 | 40 | 0.40 | 3.10 | 3 (0.0 %) |" in md
+    assert "### Control: the bare aiohttp handler × 3" in md and "on the cores 3 workers share" in md
+    assert "| 180 | 1,000 | 40 | 0.40 | 4.50 | 3 (0.0 %) |" in md
+
+
+def test_a_report_from_before_the_controls_per_worker_count_still_reads_its_one_control():
+    results = {"soak": [], "soak_control": control([2.0, 2.6], None)}
+    rows = {label: value for label, value, _ in soak.targets(results)}
+    assert rows["soak control (bare aiohttp handler × 1, unique users): last/first window p99 (no target; the "
+                "machine and the harness alone)"] == "1.30"
+    assert "p99: wrk's own for the window" in "\n".join(soak.markdown(results))
 
 
 def test_a_soak_without_its_control_run_reports_none():
