@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -77,6 +78,16 @@ SWEEP_SLICE = 250
 #: due, not waking every 20 ms, keeps an idle worker idle.
 HOLD_SWEEP_INTERVAL = 0.02
 HOLD_SWEEP_IDLE = 0.1
+
+
+async def _in_slices(step: Callable[[], object], more: Callable[[], bool]) -> None:
+    """Run ``step`` (one slice of a sweep) until ``more()`` finds nothing left, handing the
+    event loop back between slices: requests are answered between them, not after the sweep."""
+    while True:
+        step()
+        if not more():
+            return
+        await asyncio.sleep(0)
 
 #: How long a stopping worker waits for its last deltas to reach Kafka.
 SHUTDOWN_FLUSH_TIMEOUT = 10.0
@@ -543,14 +554,11 @@ class Agents:
         now = self.worker.clock()
         limiter = self.limiter
         limiter.resend_stale(now)
-        if limiter.holds is None:
+        holds = limiter.holds
+        if holds is None:
             return
         # as many keys come due each second as users were deferred a while before: a slice at a time
-        while True:
-            limiter.publish_due(now, SWEEP_SLICE)
-            if not limiter.holds.any_due(now):
-                return
-            await asyncio.sleep(0)
+        await _in_slices(lambda: limiter.publish_due(now, SWEEP_SLICE), lambda: holds.any_due(now))
 
     async def hold_sweeper(self) -> None:
         """``sweep_holds`` when the first allowance refills (``Holds.next_refill``), within
@@ -569,14 +577,11 @@ class Agents:
         """Forget held-back states whose allowance refilled (Limiter.drop_refilled)."""
         now = self.worker.clock()
         limiter = self.limiter
-        if limiter.holds is None:
+        holds = limiter.holds
+        if holds is None:
             return
         # as many allowances refill at a time as users arrived a while before: a slice at a time
-        while True:
-            limiter.drop_refilled(now, SWEEP_SLICE)
-            if not limiter.holds.any_refilled(now):
-                return
-            await asyncio.sleep(0)
+        await _in_slices(lambda: limiter.drop_refilled(now, SWEEP_SLICE), lambda: holds.any_refilled(now))
 
     async def trim_heap(self) -> None:
         """Give the C allocator's free pages back to the system (bucketstream.heap). Off the event
