@@ -79,6 +79,9 @@ SWEEP_SLICE = 250
 HOLD_SWEEP_INTERVAL = 0.02
 HOLD_SWEEP_IDLE = 0.1
 
+#: How long a stopping worker waits for its last deltas to reach Kafka.
+SHUTDOWN_FLUSH_TIMEOUT = 10.0
+
 
 async def _in_slices(step: Callable[[], object], more: Callable[[], bool]) -> None:
     """Run ``step`` (one slice of a sweep) until ``more()`` finds nothing left, handing the
@@ -88,9 +91,6 @@ async def _in_slices(step: Callable[[], object], more: Callable[[], bool]) -> No
         if not more():
             return
         await asyncio.sleep(0)
-
-#: How long a stopping worker waits for its last deltas to reach Kafka.
-SHUTDOWN_FLUSH_TIMEOUT = 10.0
 
 
 class TableWrites:
